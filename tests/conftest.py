@@ -1,0 +1,155 @@
+"""Shared fixtures: a tiny tokenizer built in-process (no download), a way to run the real
+CLI in a scratch workspace, and a builder for RAG log records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "Refunds are available within 30 days of purchase.",
+    "The Team plan costs 12 dollars per user per month billed yearly.",
+    "I don't know based on the provided documents.",
+    '{"answer": "text [doc-id]", "citations": ["doc-id"]}',
+    "How do I reset my password? Go to Settings, then Security, then Reset password.",
+    "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?'\"()[]{}<>-_/\\@#$%^&*+=~`|",
+]
+
+
+def build_tiny_tokenizer(target: Path) -> Path:
+    """A byte-level BPE tokenizer with a ChatML template, trained in milliseconds on a few
+    sentences: real tokenization behaviour without a model hub."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_tokenizer_dir: Path) -> "Workspace":
+    monkeypatch.chdir(tmp_path)
+    return Workspace(tmp_path, tiny_tokenizer_dir)
+
+
+class Workspace:
+    """A scratch project folder with its own config, driven through the real CLI."""
+
+    def __init__(self, root: Path, tokenizer_dir: Path):
+        self.root = root
+        self.tokenizer_dir = tokenizer_dir
+        (root / "logs").mkdir()
+
+    def config(self, **sections: Any) -> Path:
+        data: dict[str, Any] = {
+            "model": {"base": str(self.tokenizer_dir)},
+            "curate": {"inputs": ["logs"], "general_mix": {"path": None}},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        path = self.root / "pipeline.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        return path
+
+    def write_logs(self, name: str, records: list[Any]) -> Path:
+        path = self.root / "logs" / name
+        with open(path, "wb") as fh:
+            for record in records:
+                fh.write(record if isinstance(record, bytes) else json.dumps(record).encode())
+                fh.write(b"\n")
+        return path
+
+    def run(self, *args: str) -> Any:
+        from pipelines.cli import app
+
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        return result
+
+    def curated(self) -> Path:
+        latest = (self.root / "datasets" / "curated" / "LATEST").read_text().strip()
+        return self.root / "datasets" / "curated" / latest
+
+
+def ctx(doc_id: str, text: str, score: float = 0.8) -> dict[str, Any]:
+    return {"id": doc_id, "text": text, "score": score}
+
+
+REFUND = ctx("refund-policy", "Refunds are available within 30 days of purchase. After 30 days no refund is given.")
+TEAM = ctx("team-plan", "The Team plan costs 12 dollars per user per month billed yearly.", 0.4)
+EXPORT = ctx("data-export", "Admins can export all project data as CSV from Settings, then Export.", 0.3)
+
+
+def answer(text: str, *cites: str) -> str:
+    return json.dumps({"answer": text, "citations": list(cites)})
+
+
+_counter = iter(range(1, 10**9))
+
+
+def record(query: str = "Can I get a refund after 20 days?", *, contexts: list | None = None,
+           response: str | None = None, rating: int | None = None, labels: list[str] | None = None,
+           correction: str | None = None, comment: str | None = None, session: str | None = None,
+           **extra: Any) -> dict[str, Any]:
+    n = next(_counter)
+    rec: dict[str, Any] = {
+        "id": f"log-{n:05d}",
+        "timestamp": f"2026-10-01T12:{n % 60:02d}:00Z",
+        "session_id": session or f"s-{n}",
+        "query": query,
+        "contexts": [REFUND, TEAM] if contexts is None else contexts,
+        "response": response if response is not None else answer("Yes, within 30 days [refund-policy].", "refund-policy"),
+        "model": "assistant-v1",
+    }
+    if rating is not None or labels is not None or comment is not None:
+        rec["feedback"] = {"rating": rating, "labels": labels or [], "comment": comment}
+    if correction is not None:
+        rec["correction"] = correction
+    rec.update(extra)
+    return rec
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
