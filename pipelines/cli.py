@@ -159,6 +159,84 @@ def split(
     out.print(f"Next:     make train   (or: refit train --config {config})")
 
 
+class TrainProgress:
+    """A rich progress bar over optimizer steps, with the latest loss and tokens/s."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[rate]} tok/s"),
+            TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+        self.task: Any = None
+
+    def start(self, total: int, done: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", val="-", rate="-")
+
+    def step(self, done: int) -> None:
+        self.bar.update(self.task, completed=done)
+
+    def log(self, logs: dict[str, float]) -> None:
+        fields = {}
+        if "loss" in logs:
+            fields["loss"] = f"{logs['loss']:.3f}"
+        if "tokens_per_second" in logs:
+            fields["rate"] = f"{logs['tokens_per_second']:,.0f}"
+        if "eval_loss" in logs:
+            fields["val"] = f"{logs['eval_loss']:.3f}"
+            if not console.is_terminal:
+                console.print(f"  step {logs.get('step', '')}: validation loss {logs['eval_loss']:.4f}")
+        if self.task is not None:
+            self.bar.update(self.task, **fields)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+@app.command()
+def train(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    backend: Annotated[str | None, typer.Option(help="lora or openai (default: train.backend).")] = None,
+    split_id: Annotated[str | None, typer.Option("--split", help="Split id (default: the newest).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--restart",
+                                         help="Continue from the last checkpoint (default) or start over.")] = True,
+    force: Annotated[bool, typer.Option(help="Train again even if this run finished.")] = False,
+) -> None:
+    """Fine-tune on a split: a local LoRA adapter (default) or an OpenAI fine-tuning job."""
+    cfg = _load(config)
+    updates: dict[str, Any] = {}
+    if backend:
+        updates["backend"] = backend
+    if split_id:
+        updates["split"] = split_id
+    if updates:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=updates)})
+    if cfg.train.backend != "lora":
+        console.print(f"[red]error:[/red] backend {cfg.train.backend!r} is not available yet", highlight=False)
+        raise typer.Exit(EXIT_ERROR)
+    from pipelines.train import TrainError, train as run_train
+
+    try:
+        result = run_train(cfg, force=force, restart=not resume, progress=TrainProgress())
+    except TrainError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    m = result.manifest
+    if result.skipped:
+        out.print(f"Nothing to do: split {m['split']['id']} was already trained with this config as {result.run_id}.")
+    else:
+        s, losses, t = m["steps"], m["losses"], m["tokens"]
+        resumed = f", resumed from step {s['resumed_from']}" if s["resumed_from"] else ""
+        stopped = " (early stopped)" if s["early_stopped"] else ""
+        out.print(f"Trained {result.run_id}: {s['done']}/{s['max']} steps{stopped}{resumed} in {m['timings']['train_s']:.0f}s, "
+                  f"{t['tokens_per_second']:,.0f} tokens/s, padding {t['padding_share']:.1%}")
+    losses = m["losses"]
+    verdict = "below" if losses["final_eval_loss"] < losses["base_eval_loss"] else "NOT below"
+    out.print(f"  validation loss {losses['final_eval_loss']:.4f} ({verdict} the base model's {losses['base_eval_loss']:.4f})")
+    out.print(f"Run:      {result.path}   (adapter/, curves.png, manifest.json; MLflow run {m['mlflow']['run_id']})")
+    out.print(f"Next:     make eval   (or: refit eval --config {config})")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

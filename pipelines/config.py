@@ -220,6 +220,66 @@ class SplitConfig(Strict):
     seed: int = 17
 
 
+# --------------------------------------------------------------------------- train
+
+
+class LoraSettings(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    # LoRA dropout regularises, but on a CPU the dropout masks cost as much as the adapter's
+    # matmuls; a one-epoch fine-tune does not need it.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Adapt only the top N transformer layers (null: every layer). Backpropagation then
+    # stops N layers from the top, which is what makes a CPU fine-tune fit in minutes; format,
+    # citation and refusal behaviour are learned in the top layers.
+    top_layers: int | None = Field(12, ge=1)
+
+
+class TrainConfig(Strict):
+    # lora: local LoRA fine-tune (transformers + peft + trl); openai: the fine-tuning API.
+    backend: Literal["lora", "openai"] = "lora"
+    # A split id; null: the newest (datasets/splits/LATEST).
+    split: str | None = None
+    output_dir: str = "artifacts/runs"
+    lora: LoraSettings = LoraSettings()
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(16, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_length: int = Field(1024, ge=16)  # tokens; longer examples are truncated
+    # Recompute activations in the backward pass to save memory (trl turns it on by
+    # default); a 135M model does not need it, and it costs a third of the step time.
+    gradient_checkpointing: bool = False
+    eval_steps: int = Field(30, ge=1)  # validation loss about every N optimizer steps
+    save_steps: int = Field(20, ge=1)  # checkpoint every N steps (a re-run resumes from the last)
+    save_total_limit: int = Field(2, ge=1)
+    # Stop when validation loss has not improved for this many evaluations; null: never.
+    early_stopping_patience: int | None = Field(3, ge=1)
+    # auto: bf16 autocast where the hardware has it (a GPU, or a CPU with AVX512-BF16/AMX),
+    # else fp32. Weights and optimizer state stay fp32 either way.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # auto: padding-free packing on a GPU with FlashAttention, else batches grouped by length
+    # (little padding, no attention across examples). padded: plain random padded batches.
+    batching: Literal["auto", "grouped", "padding_free", "padded"] = "auto"
+    seed: int = 42
+
+
+class TrackingConfig(Strict):
+    # MLflow tracking and registry: a SQLite file by default, or an MLflow server URI
+    # (http://...) when a team shares one. The MLFLOW_TRACKING_URI variable overrides it.
+    uri: str = "sqlite:///artifacts/mlflow.db"
+    # Where run artifacts go, set explicitly so nothing lands in the working directory.
+    artifact_location: str = "artifacts/mlartifacts"
+    # null: "refit-<pipeline name>"
+    experiment: str | None = None
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -231,6 +291,8 @@ class PipelineConfig(Strict):
     prompt: PromptConfig = PromptConfig()
     curate: CurateConfig = CurateConfig()
     split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     def regression_path(self) -> Path:
         return Path(self.split.regression.path or f"datasets/regression/{self.name}.jsonl")

@@ -105,11 +105,26 @@ def local_model_dir(base: str, *, with_weights: bool) -> Path:
         if need_tokenizer:
             AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
         if need_weights:
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model.save_pretrained(tmp, safe_serialization=True)
+            _save_dequantized(AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name), tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
+
+
+def _save_dequantized(model: Any, target: Path) -> None:
+    """transformers flags a GGUF-loaded model as quantized and refuses save_pretrained,
+    although its weights are already dequantized to plain tensors: write them ourselves."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # tied to the embeddings; reloading re-ties it
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(target)
+    model.generation_config.save_pretrained(target)
 
 
 def load_tokenizer(base: str) -> Any:
