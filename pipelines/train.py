@@ -302,35 +302,27 @@ class Progress:
 # --------------------------------------------------------------------------- the stage
 
 
-def train(config: PipelineConfig, *, force: bool = False, restart: bool = False, progress: Progress | None = None,
-          callbacks: list[Any] | None = None, track: bool = True) -> TrainResult:
+@dataclass
+class Prepared:
+    trainer: Any
+    tokenizer: Any
+    precision: str
+    batching: str
+    attention: str
+    layers: list[int] | None
+    n_layers: int
+    max_steps: int
+    mask: dict[str, Any]
+
+
+def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callbacks: list[Any]) -> Prepared:
+    """Steps 2-4 up to the first optimizer step: data, model, LoRA, SFTTrainer, mask check."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig
 
     cfg = config.train
-    progress = progress or Progress()
-    started = time.perf_counter()
-
-    # 1. The split, identity, and the no-op check.
-    split_path = resolve_split(config)
-    split_manifest = orjson.loads((split_path / "manifest.json").read_bytes())
-    key = run_key(config, split_manifest)
-    run_id = f"run-{key[:12]}"
-    out_root = Path(cfg.output_dir)
-    final = out_root / run_id
-    if (final / "manifest.json").exists() and not force:
-        set_latest(out_root, run_id)
-        return TrainResult(run_id, final, orjson.loads((final / "manifest.json").read_bytes()), skipped=True)
-    work = out_root / f".work-{run_id}"
-    if restart or force:
-        shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
-    state_path = work / "refit_state.json"
-    state: dict[str, Any] = orjson.loads(state_path.read_bytes()) if state_path.exists() else {}
-
     torch.manual_seed(cfg.seed)
     precision = choose_precision(config)
     batching, attention = choose_batching(config)
@@ -395,34 +387,10 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
         data_seed=cfg.seed,
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
-        prediction_loss_only=True,
-        gradient_checkpointing=cfg.gradient_checkpointing,  # validation needs the loss, not the logits of every token
+        prediction_loss_only=True,  # validation needs the loss, not the logits of every token
+        activation_checkpointing=cfg.activation_checkpointing,
     )
-    mlflow_run = None
-    if track:
-        import mlflow
-
-        from pipelines import tracking
-
-        tracking.setup(config)
-        if state.get("mlflow_run_id"):
-            mlflow_run = state["mlflow_run_id"]
-        else:
-            run = mlflow.start_run(run_name=run_id)
-            mlflow_run = run.info.run_id
-            mlflow.end_run()
-            state["mlflow_run_id"] = mlflow_run
-            write_bytes_atomic(state_path, orjson.dumps(state))
-            mlflow.log_params({
-                "split_id": split_manifest["id"], "dataset_id": split_manifest["dataset"]["id"],
-                "base_model": config.model.base, "backend": "lora", "precision": precision, "batching": batching,
-                "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
-                "lora_top_layers": cfg.lora.top_layers, "target_modules": ",".join(cfg.lora.target_modules),
-                "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size, "max_steps": max_steps,
-                "max_length": cfg.max_length, "seed": cfg.seed, "train_examples": len(train_set),
-                "validation_examples": len(validation_set),
-            }, run_id=mlflow_run)
-    all_callbacks = make_callbacks(mlflow_run, progress) + list(callbacks or [])
+    all_callbacks = list(callbacks)
     if cfg.early_stopping_patience:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = make_trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
@@ -431,6 +399,70 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
     trainer.eval_autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     mask = {"train": check_label_mask(trainer.train_dataset, "train"),
             "validation": check_label_mask(trainer.eval_dataset, "validation")}
+
+    return Prepared(trainer, tokenizer, precision, batching, attention, layers, n_layers, max_steps, mask)
+
+
+def start_tracking(config: PipelineConfig, state: dict[str, Any], state_path: Path, run_id: str,
+                   split_manifest: dict[str, Any]) -> str:
+    """The MLflow run of this training run: created once, re-opened by a resumed run."""
+    import mlflow
+
+    from pipelines import tracking
+
+    cfg = config.train
+    tracking.setup(config)
+    if state.get("mlflow_run_id"):
+        return state["mlflow_run_id"]
+    run = mlflow.start_run(run_name=run_id)
+    mlflow_run = run.info.run_id
+    mlflow.end_run()
+    state["mlflow_run_id"] = mlflow_run
+    write_bytes_atomic(state_path, orjson.dumps(state))
+    mlflow.log_params({
+        "split_id": split_manifest["id"], "dataset_id": split_manifest["dataset"]["id"],
+        "base_model": config.model.base, "backend": "lora", "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout, "lora_top_layers": cfg.lora.top_layers,
+        "target_modules": ",".join(cfg.lora.target_modules), "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+        "max_length": cfg.max_length, "seed": cfg.seed, "precision": cfg.precision, "batching": cfg.batching,
+    }, run_id=mlflow_run)
+    return mlflow_run
+
+
+
+
+def train(config: PipelineConfig, *, force: bool = False, restart: bool = False, progress: Progress | None = None,
+          callbacks: list[Any] | None = None, track: bool = True) -> TrainResult:
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    cfg = config.train
+    progress = progress or Progress()
+    started = time.perf_counter()
+
+    # 1. The split, identity, and the no-op check.
+    split_path = resolve_split(config)
+    split_manifest = orjson.loads((split_path / "manifest.json").read_bytes())
+    key = run_key(config, split_manifest)
+    run_id = f"run-{key[:12]}"
+    out_root = Path(cfg.output_dir)
+    final = out_root / run_id
+    if (final / "manifest.json").exists() and not force:
+        set_latest(out_root, run_id)
+        return TrainResult(run_id, final, orjson.loads((final / "manifest.json").read_bytes()), skipped=True)
+    work = out_root / f".work-{run_id}"
+    if restart or force:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "refit_state.json"
+    state: dict[str, Any] = orjson.loads(state_path.read_bytes()) if state_path.exists() else {}
+
+    mlflow_run = start_tracking(config, state, state_path, run_id, split_manifest) if track else None
+    prepared = build_trainer(config, split_path, work, callbacks=make_callbacks(mlflow_run, progress) + list(callbacks or []))
+    trainer, tokenizer, args = prepared.trainer, prepared.tokenizer, prepared.trainer.args
+    precision, batching, attention = prepared.precision, prepared.batching, prepared.attention
+    layers, n_layers, max_steps, mask = prepared.layers, prepared.n_layers, prepared.max_steps, prepared.mask
 
     # The base model's validation loss is the bar: a fresh LoRA adapter (B = 0) changes
     # nothing, so evaluating before the first step measures the base model itself.

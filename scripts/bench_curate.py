@@ -88,6 +88,35 @@ def generate(path: Path, n: int, seed: int = 0) -> None:
             fh.write(orjson.dumps(record) + b"\n")
 
 
+# The reference's scrubber: conventional regexes for the same types, applied one by one
+# (cards Luhn-checked in a callback), as a straightforward implementation would.
+REFERENCE_PATTERNS = [
+    ("PRIVATE_KEY", r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----"),
+    ("JWT", r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
+    ("AWS_KEY", r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+    ("GITHUB_TOKEN", r"\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}"),
+    ("SLACK_TOKEN", r"\bxox[bpars]-[A-Za-z0-9-]{10,}|hooks\.slack\.com/services/[A-Za-z0-9_/-]+"),
+    ("STRIPE_KEY", r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"),
+    ("OPENAI_KEY", r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}"),
+    ("SECRET", r"(?i)\b(?:password|passwd|secret|api[_-]?key|token)\s*[:=]\s*\S+"),
+    ("EMAIL", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    ("IBAN", r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b"),
+    ("IP", r"\b(?:(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\b"),
+    ("PHONE", r"\+[1-9][0-9 .()-]{7,18}[0-9]|\(?\b[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}\b"),
+    ("CARD", r"\b[2-6](?:[ -]?[0-9]){12,18}\b"),
+]
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -113,22 +142,25 @@ def run_reference(logs: Path, workdir: Path) -> dict:
 
     from datasketch import MinHash, MinHashLSH
 
-    from pipelines import scrub as scrub_module
     from pipelines.config import PipelineConfig
     from pipelines.curate import AnswerRules, RecordReader, normalise_labels, route
     from pipelines.models import load_tokenizer
 
     config = PipelineConfig()
     tokenizer = load_tokenizer(config.model.base)
-    patterns = [(name, re.compile(p, re.S)) for name, p in scrub_module.REFERENCE_PATTERNS]
+    patterns = [(name, re.compile(p, re.S)) for name, p in REFERENCE_PATTERNS]
     rules = AnswerRules(config.output, config.curate.min_context_support)
     reader = RecordReader(config)
     lsh = MinHashLSH(threshold=config.curate.dedup.threshold, num_perm=config.curate.dedup.num_perm)
     n = config.curate.dedup.ngram
 
+    def card(match: re.Match) -> str:
+        digits = re.sub(r"[ -]", "", match.group(0))
+        return "<CARD>" if _luhn(digits) else match.group(0)
+
     def scrub(text: str) -> str:
         for name, pattern in patterns:
-            text = pattern.sub(f"<{name}>", text)
+            text = pattern.sub(card if name == "CARD" else f"<{name}>", text)
         return text
 
     counts = {"read": 0, "quarantined": 0, "examples": 0, "duplicates": 0}

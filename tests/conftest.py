@@ -151,5 +151,49 @@ def record(query: str = "Can I get a refund after 20 days?", *, contexts: list |
     return rec
 
 
+def build_tiny_model(target: Path, tokenizer_dir: Path) -> Path:
+    """A two-layer Llama with the tiny tokenizer's vocabulary, built in-process and saved as
+    a local Hugging Face folder: the same loading path as the real base model, in a second."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), tiny_tokenizer_dir)
+
+
+NOUNS = ("invoice board sprint label webhook seat backup theme widget report calendar comment mention export "
+         "import token session folder template reminder avatar badge budget channel chart column dashboard "
+         "deadline domain draft emoji epic field filter goal guest holiday icon inbox").split()
+VERBS = ("archive rename share delete restore duplicate pin lock").split()
+BEHAVIOUR_LABELS = ["bad_format", "missing_citation", "wrong_tone", "hallucination"]
+
+
+def rag_logs(n: int, offset: int = 0, sessions: int = 0) -> list[dict]:
+    """n distinct answered questions with corrections, labels spread over four behaviours;
+    the first `sessions * 3` records come in sessions of three."""
+    out = []
+    for k in range(offset, offset + n):
+        noun, verb = NOUNS[k % len(NOUNS)], VERBS[(k // len(NOUNS)) % len(VERBS)]
+        doc = ctx(f"doc-{k}", f"To {verb} a {noun}, open the {noun} menu and choose {verb.capitalize()} ({k}).")
+        session = f"sess-{(k - offset) // 3}" if k - offset < sessions * 3 else None
+        out.append(record(f"How can I {verb} a {noun} in my workspace number {k}?", contexts=[doc],
+                          response=f"Open the {noun} menu.", rating=-1, labels=[BEHAVIOUR_LABELS[k % 4]],
+                          session=session,
+                          correction=answer(f"Open the {noun} menu and choose {verb.capitalize()} [doc-{k}].", f"doc-{k}")))
+    return out
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]

@@ -10,27 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import answer, ctx, read_jsonl, record
+from conftest import BEHAVIOUR_LABELS, NOUNS, VERBS, rag_logs, read_jsonl, record
 
-NOUNS = ("invoice board sprint label webhook seat backup theme widget report calendar comment mention export "
-         "import token session folder template reminder avatar badge budget channel chart column dashboard "
-         "deadline domain draft emoji epic field filter goal guest holiday icon inbox").split()
-VERBS = ("archive rename share delete restore duplicate pin lock").split()
-LABELS = ["bad_format", "missing_citation", "wrong_tone", "hallucination"]
-
-
-def rag_logs(n: int, offset: int = 0, sessions: int = 0) -> list[dict]:
-    """n distinct answered questions with corrections, labels spread over four behaviours;
-    the first `sessions * 3` records come in sessions of three."""
-    out = []
-    for k in range(offset, offset + n):
-        noun, verb = NOUNS[k % len(NOUNS)], VERBS[(k // len(NOUNS)) % len(VERBS)]
-        doc = ctx(f"doc-{k}", f"To {verb} a {noun}, open the {noun} menu and choose {verb.capitalize()} ({k}).")
-        session = f"sess-{(k - offset) // 3}" if k - offset < sessions * 3 else None
-        out.append(record(f"How can I {verb} a {noun} in my workspace number {k}?", contexts=[doc],
-                          response=f"Open the {noun} menu.", rating=-1, labels=[LABELS[k % 4]], session=session,
-                          correction=answer(f"Open the {noun} menu and choose {verb.capitalize()} [doc-{k}].", f"doc-{k}")))
-    return out
+LABELS = BEHAVIOUR_LABELS
 
 
 def split_config(ws, **split):
