@@ -234,7 +234,8 @@ def train(
     verdict = "below" if losses["final_eval_loss"] < losses["base_eval_loss"] else "NOT below"
     out.print(f"  validation loss {losses['final_eval_loss']:.4f} ({verdict} the base model's {losses['base_eval_loss']:.4f})")
     out.print(f"Run:      {result.path}   (adapter/, curves.png, manifest.json; MLflow run {m['mlflow']['run_id']})")
-    out.print(f"Next:     make eval   (or: refit eval --config {config})")
+    out.print(f"Next:     evaluate the adapter against the prompt baseline (the eval stage is not built yet);\n"
+              f"          it loads with peft: PeftModel.from_pretrained(base_model, \"{result.path / 'adapter'}\")")
 
 
 def main() -> None:  # pragma: no cover - console entry point

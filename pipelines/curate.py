@@ -97,6 +97,8 @@ def _compile_path(path: str | None) -> tuple[str | int, ...] | None:
 def _get(obj: Any, keys: tuple[str | int, ...] | None) -> Any:
     if keys is None:
         return _MISSING
+    if len(keys) == 1 and type(obj) is dict:  # the common case, without the loop
+        return obj.get(keys[0], _MISSING)
     for key in keys:
         if isinstance(key, int) and isinstance(obj, list):
             if key >= len(obj):
@@ -146,6 +148,7 @@ class RecordReader:
         f = config.curate.fields
         self.names = f
         self.paths = {name: _compile_path(getattr(f, name)) for name in type(f).model_fields}
+        self.context_paths = (self.paths["context_id"], self.paths["context_text"], self.paths["context_score"])
 
     def _field(self, obj: dict, name: str) -> Any:
         return _get(obj, self.paths[name])
@@ -195,9 +198,7 @@ class RecordReader:
             return []
         if not isinstance(value, list):
             raise BadRecord(f"field '{path}' must be a list, got {type(value).__name__}")
-        id_path = _compile_path(self.names.context_id)
-        text_path = _compile_path(self.names.context_text)
-        score_path = _compile_path(self.names.context_score)
+        id_path, text_path, score_path = self.context_paths
         out = []
         for i, item in enumerate(value):
             if isinstance(item, str):
@@ -278,6 +279,7 @@ class AnswerRules:
         self.output = output
         self.min_support = min_support
         self._idk = _normal(output.idk_answer)
+        self._vocabularies: dict[str, frozenset[str]] = {}
 
     def parse(self, raw: str) -> Answer:
         stripped = raw.strip()
@@ -310,10 +312,21 @@ class AnswerRules:
                  if w not in STOPWORDS and len(w) > 1]
         if not words:
             return 1.0
-        vocabulary: set[str] = set()
-        for ctx in contexts:
-            vocabulary.update(_WORD.findall(ctx.text.lower()))
-        return sum(w in vocabulary for w in words) / len(words)
+        if not contexts:
+            return 0.0
+        vocabulary = self._vocabulary(contexts[0].text)
+        if len(contexts) > 1:
+            vocabulary = vocabulary.union(*(self._vocabulary(ctx.text) for ctx in contexts[1:]))
+        return sum(map(vocabulary.__contains__, words)) / len(words)
+
+    def _vocabulary(self, text: str) -> frozenset[str]:
+        # Retrieved documents repeat across logs: tokenize each distinct text once.
+        found = self._vocabularies.get(text)
+        if found is None:
+            if len(self._vocabularies) > 50_000:
+                self._vocabularies.clear()
+            found = self._vocabularies[text] = frozenset(_WORD.findall(text.lower()))
+        return found
 
     def supported(self, answer: Answer, contexts: list[Context]) -> bool:
         return self.support(answer, contexts) >= self.min_support

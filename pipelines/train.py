@@ -451,14 +451,21 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
     if (final / "manifest.json").exists() and not force:
         set_latest(out_root, run_id)
         return TrainResult(run_id, final, orjson.loads((final / "manifest.json").read_bytes()), skipped=True)
+    # Under `accelerate launch` every process runs this function; the main one owns the
+    # files and the MLflow run, the others only train.
+    from accelerate import PartialState
+
+    distributed = PartialState()
+    is_main = distributed.is_main_process
     work = out_root / f".work-{run_id}"
-    if restart or force:
+    if (restart or force) and is_main:
         shutil.rmtree(work, ignore_errors=True)
+    distributed.wait_for_everyone()
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "refit_state.json"
     state: dict[str, Any] = orjson.loads(state_path.read_bytes()) if state_path.exists() else {}
 
-    mlflow_run = start_tracking(config, state, state_path, run_id, split_manifest) if track else None
+    mlflow_run = start_tracking(config, state, state_path, run_id, split_manifest) if track and is_main else None
     prepared = build_trainer(config, split_path, work, callbacks=make_callbacks(mlflow_run, progress) + list(callbacks or []))
     trainer, tokenizer, args = prepared.trainer, prepared.tokenizer, prepared.trainer.args
     precision, batching, attention = prepared.precision, prepared.batching, prepared.attention
@@ -468,7 +475,8 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
     # nothing, so evaluating before the first step measures the base model itself.
     if "base_eval_loss" not in state:
         state["base_eval_loss"] = float(trainer.evaluate()["eval_loss"])
-        write_bytes_atomic(state_path, orjson.dumps(state))
+        if is_main:
+            write_bytes_atomic(state_path, orjson.dumps(state))
         if mlflow_run:
             import mlflow
 
@@ -488,7 +496,6 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
 
     # 5. The run folder.
     history = trainer.state.log_history
-    is_main = trainer.is_world_process_zero()
     manifest: dict[str, Any] = {}
     if is_main:
         with atomic_dir(final) as tmp:
