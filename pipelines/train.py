@@ -322,6 +322,9 @@ def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callback
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
     from trl import SFTConfig
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars in a stage's output
     cfg = config.train
     torch.manual_seed(cfg.seed)
     precision = choose_precision(config)
@@ -395,6 +398,10 @@ def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callback
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = make_trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
                                    processing_class=tokenizer, peft_config=lora, callbacks=all_callbacks)
+    # Progress is the caller's rich bar; the Trainer's own printer would dump raw dicts.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     trainer.meter = TokenMeter()
     trainer.eval_autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     mask = {"train": check_label_mask(trainer.train_dataset, "train"),
