@@ -633,11 +633,15 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
 
         shutil.rmtree(final)
 
+    loading = time.perf_counter()
     if tokenizer is None:
         from pipelines.models import load_tokenizer
 
         tokenizer = load_tokenizer(config.model.base)
     tokens = TokenCounter(tokenizer, config)
+    # The first run converts the base model's tokenizer; that is not curation time.
+    tokenizer_seconds = time.perf_counter() - loading
+    started += tokenizer_seconds
     scrubber = Scrubber(cfg.scrub.extra_patterns)
     rules = AnswerRules(config.output, cfg.min_context_support)
     reader = RecordReader(config)
@@ -977,7 +981,8 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
                       "ngram": cfg.dedup.ngram, "bands": hasher.bands, "rows": hasher.rows,
                       "clusters": int(is_rep.sum())},
             "decision": decision,
-            "timings": {"read_route_scrub_s": round(read_seconds, 3), "dedup_s": round(dedup_seconds, 3),
+            "timings": {"tokenizer_s": round(tokenizer_seconds, 3),
+                        "read_route_scrub_s": round(read_seconds, 3), "dedup_s": round(dedup_seconds, 3),
                         "total_s": round(time.perf_counter() - started, 3)},
             "files": {name: file_sha256(tmp / name) for name in ("examples.jsonl", "rag_backlog.jsonl", "quarantine.jsonl")},
         }
