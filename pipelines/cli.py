@@ -222,6 +222,8 @@ def train(
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     m = result.manifest
+    if not m:  # a non-main process under `accelerate launch`: the main one reports
+        return
     if result.skipped:
         out.print(f"Nothing to do: split {m['split']['id']} was already trained with this config as {result.run_id}.")
     else:

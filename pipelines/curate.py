@@ -240,7 +240,9 @@ class RecordReader:
             return float(value)
         if isinstance(value, str) and value.strip().lower() in _RATING_WORDS:
             return float(_RATING_WORDS[value.strip().lower()])
-        raise BadRecord(f"field '{self.names.rating}' must be a number (or up/down), got {value!r:.40}")
+        # The value itself stays out of the reason: reasons reach the report unscrubbed.
+        raise BadRecord(f"field '{self.names.rating}' must be a number (or up/down), got {type(value).__name__} "
+                        "that is neither")
 
     def _labels(self, obj: dict) -> list[str]:
         value = self._field(obj, "labels")
@@ -421,7 +423,7 @@ def route(record: LogRecord, labels: list[str], rules: AnswerRules, keep_positiv
     behaviour = [lab for lab in BEHAVIOUR_LABELS if lab in labels]
     if HALLUCINATION in labels or behaviour:
         label = HALLUCINATION if HALLUCINATION in labels else behaviour[0]
-        if not record.correction:
+        if not (record.correction and record.correction.strip()) or not rules.parse(record.correction).text.strip():
             if label == HALLUCINATION:
                 # We cannot tell whether the context held the answer: a reviewer must look.
                 return Route("backlog", label, labels, source, rule, reason="hallucination_needs_review")
@@ -442,7 +444,7 @@ def route(record: LogRecord, labels: list[str], rules: AnswerRules, keep_positiv
     return Route("filtered", WEAK_REASONING, labels, source, rule, reason="weak_reasoning")
 
 
-def normalise_labels(raw: list[str], aliases: dict[str, str], unknown: Counter) -> list[str]:
+def normalise_labels(raw: list[str], aliases: dict[str, str], unknown: Counter, scrub: Any = None) -> list[str]:
     out = []
     for label in raw:
         key = label.strip().lower().replace(" ", "_").replace("-", "_")
@@ -451,7 +453,8 @@ def normalise_labels(raw: list[str], aliases: dict[str, str], unknown: Counter) 
             if key not in out:
                 out.append(key)
         else:
-            unknown[key] += 1
+            # Free-text labels reach the manifest and the report: scrub them, and cap them.
+            unknown[(scrub(key) if scrub else key)[:60]] += 1
     return out
 
 
@@ -538,19 +541,19 @@ class Backlog:
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str], BacklogGroup] = {}
 
-    def add(self, record: LogRecord, route: Route, scrubbed: dict[str, Any]) -> None:
+    def add(self, record: LogRecord, route: Route, scrub: Any, scrubbed: dict[str, Any]) -> None:
         if record.topic:
-            topic = record.topic
+            topic = scrub(record.topic)
         elif record.contexts:
             best = max(record.contexts, key=lambda c: c.score if c.score is not None else float("-inf"))
-            topic = best.id.split("#")[0]
+            topic = scrub(best.id).split("#")[0]
         else:
             topic = "(nothing retrieved)"
         group = self.groups.get((route.label, topic))
         if group is None:
             group = self.groups[(route.label, topic)] = BacklogGroup(route.label, topic)
         group.count += 1
-        group.log_ids.append(record.log_id)
+        group.log_ids.append(scrubbed["log_id"])
         group.reasons[route.reason or "knowledge_failure"] += 1
         words = [w for w in _WORD.findall(scrubbed["query"].lower()) if w not in STOPWORDS and len(w) > 2]
         group.keywords.update(words)
@@ -749,9 +752,9 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
                 "labels": r.labels,
                 "label_source": r.label_source,
                 "rule": r.rule,
-                "log_id": record.log_id,
-                "session_id": record.session_id,
-                "timestamp": record.timestamp,
+                "log_id": scrub_context(record.log_id),
+                "session_id": scrub_context(record.session_id) if record.session_id else None,
+                "timestamp": scrub(record.timestamp) if record.timestamp else None,
                 "file": where[0],
                 "line": where[1],
                 "_rank": SOURCE_RANK.get((source, r.label_source), 0),
@@ -797,7 +800,7 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
                             quarantine(path, line_no, f"invalid record: {exc}", raw, length)
                             continue
 
-                        labels = normalise_labels(record.labels, cfg.label_aliases, unknown_labels)
+                        labels = normalise_labels(record.labels, cfg.label_aliases, unknown_labels, scrub)
                         r = route(record, labels, rules, cfg.keep_positive)
                         label_table[r.label][r.disposition] += 1
                         if r.rule:
@@ -809,7 +812,10 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
                             continue
 
                         query = scrub(record.query)
-                        contexts = [{"id": c.id, "text": scrub_context(c.text)} for c in record.contexts]
+                        # Context ids are scrubbed like the answer text that cites them, so
+                        # a citation still matches its (scrubbed) id.
+                        contexts = [{"id": scrub_context(c.id), "text": scrub_context(c.text)}
+                                    for c in record.contexts]
                         if contexts:
                             pool_seen += 1
                             if len(context_pool) < 1024:
@@ -821,10 +827,10 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
 
                         if r.disposition == "backlog":
                             counts["backlog"] += 1
-                            backlog.add(record, r, {
-                                "log_id": record.log_id,
+                            backlog.add(record, r, scrub_context, {
+                                "log_id": scrub_context(record.log_id),
                                 "query": query,
-                                "retrieved": [c.id for c in record.contexts],
+                                "retrieved": [c["id"] for c in contexts],
                                 "response": scrub(record.response)[:2000] if record.response else None,
                                 "comment": scrub(record.comment) if record.comment else None,
                                 "suggested_answer": scrub(record.correction)[:2000] if record.correction else None,

@@ -180,9 +180,12 @@ def near_regression(examples: list[dict[str, Any]], regression: list[dict[str, A
     groups = group_ids([{"query": e["query"], "id": e["id"]} for e in combined], hasher)
     reg_groups = set(groups[: len(regression)].tolist())
     reg_ids = {e["id"] for e in regression}
-    reg_clusters = {e.get("cluster_id") for e in regression}
+    reg_clusters = {e.get("cluster_id") for e in regression} - {None}
+    # New turns of a session already in the regression set stay out too.
+    reg_sessions = {e.get("session_id") for e in regression} - {None}
     return {i for i, e in enumerate(examples)
-            if groups[len(regression) + i] in reg_groups or e["id"] in reg_ids or e.get("cluster_id") in reg_clusters}
+            if groups[len(regression) + i] in reg_groups or e["id"] in reg_ids
+            or e.get("cluster_id") in reg_clusters or e.get("session_id") in reg_sessions}
 
 
 # --------------------------------------------------------------------------- the stage

@@ -347,7 +347,11 @@ def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callback
                       bias="none", task_type="CAUSAL_LM")
 
     # 4. Train.
-    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * cfg.gradient_accumulation))
+    from accelerate import PartialState
+
+    # Under `accelerate launch` each optimizer step consumes a batch per process.
+    world = PartialState().num_processes
+    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * cfg.gradient_accumulation * world))
     if cfg.max_steps:
         max_steps = cfg.max_steps
         evaluate_each = min(cfg.eval_steps, max_steps)
@@ -467,6 +471,8 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
     work = out_root / f".work-{run_id}"
     if (restart or force) and is_main:
         shutil.rmtree(work, ignore_errors=True)
+    if force and is_main:
+        shutil.rmtree(final, ignore_errors=True)  # else the finished run would shadow the new one
     distributed.wait_for_everyone()
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "refit_state.json"

@@ -200,6 +200,42 @@ def test_no_secret_reaches_any_output(workspace):
     assert "<EMAIL>" in (out / "examples.jsonl").read_text()
 
 
+def test_ids_sessions_topics_labels_and_reasons_are_scrubbed_too(workspace):
+    email, key, phone = "bob.smith@example.com", "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD", "+1 415 555 0134"
+    secret_ctx = {"id": f"{email}#1", "text": REFUND["text"], "score": 0.9}
+    recs = [
+        record("Refund window please?", contexts=[secret_ctx], response="30 days", rating=-1, labels=["bad_format"],
+               session=key, correction=answer(f"Refunds are available within 30 days of purchase [{email}#1].", f"{email}#1"),
+               id=f"log-{email}", topic=phone),
+        record("Docs for the API?", contexts=[secret_ctx], rating=-1, labels=["missing_knowledge", f"call {phone}"],
+               id=f"log-2-{email}"),
+        {"query": "q", "feedback": {"rating": email}},
+    ]
+    workspace.write_logs("a.jsonl", recs)
+    cfg = workspace.config(curate={"inputs": ["logs"], "general_mix": {"path": None}, "fields": {"topic": "topic"}})
+    assert workspace.run("curate", "--config", str(cfg)).exit_code == 0
+    out = workspace.curated()
+    for path in out.iterdir():
+        text = path.read_text(encoding="utf-8")
+        for value in (email, key, phone, "415 555"):
+            assert value not in text, f"{value} leaked into {path.name}"
+    (example,) = [e for e in read_jsonl(out / "examples.jsonl") if e["source"] == "correction"]
+    # The scrubbed citation still matches the scrubbed context id.
+    cited = json.loads(example["ideal_answer"])["citations"]
+    assert cited == [example["contexts"][0]["id"]] == ["<EMAIL>#1"]
+
+
+def test_a_blank_correction_is_no_ideal_answer(workspace):
+    workspace.write_logs("a.jsonl", [
+        record("Refund window?", response="30", rating=-1, labels=["bad_format"], correction="   "),
+        record("Refund window again?", response="30", rating=-1, labels=["bad_format"],
+               correction=answer("", "refund-policy")),
+    ])
+    _, out = curate_ok(workspace)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["filtered"] == {"no_ideal_answer": 2} and manifest["counts"]["kept"] == 0
+
+
 def test_extra_scrub_patterns_from_config(workspace):
     workspace.write_logs("a.jsonl", [record("Refund for employee EMP-123456?", response="30 days", rating=-1,
                                             labels=["bad_format"], correction=GOOD)])

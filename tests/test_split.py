@@ -113,6 +113,16 @@ def test_split_groups_near_duplicates_sessions_and_clusters_itself():
     assert g[0] == g[1] and g[2] == g[3] == g[4] and len({g[0], g[2], g[5]}) == 3
 
 
+def test_new_turns_of_a_regression_session_stay_out_of_training():
+    from pipelines.minhash import MinHasher
+    from pipelines.split import near_regression
+
+    regression = [{"id": "r1", "query": "How do I archive an invoice?", "cluster_id": "c1", "session_id": "s-9"}]
+    examples = [{"id": "e1", "query": "And can I restore it later on the Team plan?", "cluster_id": "c7", "session_id": "s-9"},
+                {"id": "e2", "query": "Where are billing settings?", "cluster_id": "c8", "session_id": "s-1"}]
+    assert near_regression(examples, regression, MinHasher(128, 5, 0.7, 1)) == {0}
+
+
 def test_frozen_regression_set_survives_a_second_split_over_grown_data(workspace):
     workspace.write_logs("a.jsonl", rag_logs(120))
     cfg = split_config(workspace)

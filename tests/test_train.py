@@ -207,6 +207,19 @@ def test_train_cli_end_to_end_tracks_and_is_a_noop_the_second_time(split_ready):
     assert again.exit_code == 0 and "Nothing to do" in again.output
 
 
+def test_force_replaces_a_finished_run(split_ready):
+    from pipelines.config import load_config
+    from pipelines.train import train
+
+    ws, cfg = split_ready
+    config = load_config(cfg)
+    first = train(config, track=False)
+    (first.path / "marker").write_text("old run")
+    second = train(config, track=False, force=True)
+    assert second.path == first.path and not (second.path / "marker").exists()
+    assert json.loads((second.path / "manifest.json").read_text())["created_at"] == second.manifest["created_at"]
+
+
 def test_train_without_a_split_is_a_clear_error(workspace, tiny_model_dir):
     result = workspace.run("train", "--config", str(train_config(workspace, tiny_model_dir)))
     assert result.exit_code == 1 and "run `make split` first" in result.output
