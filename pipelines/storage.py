@@ -9,6 +9,7 @@ stage could mistake for a finished one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import gzip
 import hashlib
@@ -140,8 +141,16 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
+@functools.cache
 def code_version() -> str:
-    return pipelines.__version__
+    """The release plus a hash of the package's source: a stage's "nothing to do" must
+    only ever mean "the same code already produced this", including between releases."""
+    digest = hashlib.sha256()
+    root = Path(pipelines.__file__).parent
+    for path in sorted(root.rglob("*.py")) + sorted(root.rglob("*.yaml")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return f"{pipelines.__version__}+{digest.hexdigest()[:10]}"
 
 
 def environment() -> dict[str, str]:
