@@ -88,7 +88,8 @@ def curate(
     try:
         result = run_curate(cfg, force=force, progress=progress)
     except (InputError, FileNotFoundError) as exc:
-        progress.stop() if progress.task is not None else None
+        if progress.task is not None:
+            progress.stop()
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_ERROR) from None
     m = result.manifest
@@ -105,7 +106,7 @@ def curate(
     )
     out.print(f"  decision: {m['decision']['verdict']} ({m['decision']['why']})")
     out.print(f"Dataset:  {result.path}")
-    out.print(f"  examples.jsonl, rag_backlog.jsonl, quarantine.jsonl, report.md, manifest.json")
+    out.print("  examples.jsonl, rag_backlog.jsonl, quarantine.jsonl, report.md, manifest.json")
     out.print(f"Next:     make split   (or: refit split --config {config})")
 
 

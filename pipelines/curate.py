@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import orjson
@@ -660,8 +660,7 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
     backlog = Backlog()
     context_cache: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
 
-    def scrub(text: str) -> str:
-        return scrubber.scrub(text)
+    scrub = scrubber.scrub
 
     def scrub_context(text: str) -> str:
         # Retrieved documents repeat across logs: scrub each distinct text once.
@@ -688,8 +687,6 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
         from_record: list[bool] = []
         fingerprints: list[int] = []
         band_chunks: list[np.ndarray] = []
-        token_lengths: list[int] = []
-        spool_offsets: list[int] = [0]
         pending: list[dict[str, Any]] = []
         context_pool: list[list[dict[str, str]]] = []  # reservoir for synthetic IDK contexts
         pool_seen = 0
@@ -730,17 +727,12 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
                     cand_labels.append(c["label"])
                     from_record.append(c.pop("_from_record"))
                     fingerprints.append(text_fingerprint(text))
-                    token_lengths.append(c["n_tokens"])
-                    c.pop("_answer_text")
-                    line = orjson.dumps(c) + b"\n"
-                    spool_file.write(line)
-                    spool_offsets.append(spool_offsets[-1] + len(line))
+                    spool_file.write(orjson.dumps(c) + b"\n")
             pending.clear()
 
         def add_candidate(record: LogRecord, r: Route, source: str, answer: Answer,
                           contexts: list[dict[str, str]], query: str, where: tuple[str, int]) -> None:
             ideal = scrub(rules.canonical(answer))
-            answer_text = scrub(answer.text) if not answer.is_idk else config.output.idk_answer
             pending.append({
                 "id": "ex-" + hashlib.blake2b(f"{source}|{where[0]}|{where[1]}".encode(), digest_size=6).hexdigest(),
                 "kind": "rag",
@@ -759,7 +751,6 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
                 "line": where[1],
                 "_rank": SOURCE_RANK.get((source, r.label_source), 0),
                 "_from_record": source != "idk_from_hallucination",
-                "_answer_text": answer_text,
             })
             if len(pending) >= 2048:
                 flush_candidates()
@@ -879,9 +870,8 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
 
         # 5. Write the examples: kept candidates in input order, then synthetic IDK, then
         # general instructions.
-        kept_record_examples = int(sum(1 for i in range(n) if is_rep[i] and from_record[i]))
         eligible = [i for i in range(n) if is_rep[i] and from_record[i]]
-        n_synthetic = round(cfg.idk.synthetic_fraction * kept_record_examples)
+        n_synthetic = round(cfg.idk.synthetic_fraction * len(eligible))
         synth_sources = set(rng.sample(eligible, min(n_synthetic, len(eligible)))) if context_pool else set()
         added: Counter = Counter()
         example_lengths: list[int] = []

@@ -36,7 +36,16 @@ import orjson
 from pipelines.config import PipelineConfig
 from pipelines.minhash import MinHasher, band_collisions, components, text_fingerprint
 from pipelines.openai_format import billing_estimate, check_file
-from pipelines.storage import atomic_dir, code_version, dumps, file_sha256, iter_jsonl, read_latest, set_latest, write_bytes_atomic
+from pipelines.storage import (
+    atomic_dir,
+    code_version,
+    dumps,
+    file_sha256,
+    iter_jsonl,
+    resolve_stage_output,
+    set_latest,
+    write_bytes_atomic,
+)
 from pipelines.template import render_messages
 
 SETS = ("train", "validation", "regression")
@@ -64,14 +73,8 @@ def _hasher(config: PipelineConfig) -> MinHasher:
 
 
 def resolve_dataset(config: PipelineConfig) -> Path:
-    root = Path(config.curate.output_dir)
-    ident = config.split.dataset or read_latest(root)
-    if ident is None:
-        raise SplitError(f"no curated dataset in {root}: run `make curate` first")
-    path = root / ident
-    if not (path / "manifest.json").exists():
-        raise SplitError(f"curated dataset {ident!r} not found in {root}")
-    return path
+    return resolve_stage_output(Path(config.curate.output_dir), config.split.dataset, "curated dataset",
+                                "curate", SplitError)
 
 
 # --------------------------------------------------------------------------- grouping
@@ -134,10 +137,11 @@ def find_leaks(sets: dict[str, list[dict[str, Any]]], hasher: MinHasher) -> list
     queries = [e["query"] for e in items]
     signatures = hasher.signatures(queries)
     rows, cols = band_collisions(hasher.band_keys(signatures))
+    prints = [text_fingerprint(q) for q in queries]
     fingerprints: dict[int, int] = {}
     ids: dict[str, int] = {}
     for i, e in enumerate(items):
-        fp = text_fingerprint(e["query"])
+        fp = prints[i]
         if fp in fingerprints:
             rows, cols = np.append(rows, i), np.append(cols, fingerprints[fp])
         fingerprints.setdefault(fp, i)
@@ -150,7 +154,7 @@ def find_leaks(sets: dict[str, list[dict[str, Any]]], hasher: MinHasher) -> list
             continue
         seen.add((min(i, j), max(i, j)))
         similarity = float((signatures[i] == signatures[j]).mean())
-        exact = text_fingerprint(queries[i]) == text_fingerprint(queries[j]) or items[i]["id"] == items[j]["id"]
+        exact = prints[i] == prints[j] or items[i]["id"] == items[j]["id"]
         if exact or similarity >= hasher.threshold:
             a, b = sorted([(names[i], items[i]["id"]), (names[j], items[j]["id"])])
             leaks.append({"a": f"{a[0]}:{a[1]}", "b": f"{b[0]}:{b[1]}", "similarity": 1.0 if exact else round(similarity, 3)})

@@ -14,7 +14,6 @@ import glob
 import gzip
 import hashlib
 import os
-import platform
 import shutil
 import time
 from collections.abc import Iterator
@@ -153,13 +152,22 @@ def code_version() -> str:
     return f"{pipelines.__version__}+{digest.hexdigest()[:10]}"
 
 
-def environment() -> dict[str, str]:
-    return {"python": platform.python_version(), "platform": platform.platform(), "refit": code_version()}
-
 
 def set_latest(stage_dir: Path, ident: str) -> None:
     """Point `<stage_dir>/LATEST` at the newest output; later stages default to it."""
     write_bytes_atomic(stage_dir / "LATEST", ident.encode() + b"\n")
+
+
+def resolve_stage_output(stage_dir: Path, ident: str | None, what: str, make_target: str,
+                         error: type[Exception]) -> Path:
+    """The folder of a finished stage output: `ident`, else the newest (`LATEST`)."""
+    ident = ident or read_latest(stage_dir)
+    if ident is None:
+        raise error(f"no {what} in {stage_dir}: run `make {make_target}` first")
+    path = stage_dir / ident
+    if not (path / "manifest.json").exists():
+        raise error(f"{what} {ident!r} not found in {stage_dir}")
+    return path
 
 
 def read_latest(stage_dir: Path) -> str | None:

@@ -33,7 +33,15 @@ import orjson
 
 from pipelines.config import PipelineConfig
 from pipelines.models import base_model_id, local_model_dir
-from pipelines.storage import atomic_dir, code_version, dumps, iter_jsonl, read_latest, set_latest, write_bytes_atomic
+from pipelines.storage import (
+    atomic_dir,
+    code_version,
+    dumps,
+    iter_jsonl,
+    resolve_stage_output,
+    set_latest,
+    write_bytes_atomic,
+)
 from pipelines.template import render_messages
 
 
@@ -51,14 +59,7 @@ class TrainResult:
 
 
 def resolve_split(config: PipelineConfig) -> Path:
-    root = Path(config.split.output_dir)
-    ident = config.train.split or read_latest(root)
-    if ident is None:
-        raise TrainError(f"no split in {root}: run `make split` first")
-    path = root / ident
-    if not (path / "manifest.json").exists():
-        raise TrainError(f"split {ident!r} not found in {root}")
-    return path
+    return resolve_stage_output(Path(config.split.output_dir), config.train.split, "split", "split", TrainError)
 
 
 def run_key(config: PipelineConfig, split_manifest: dict[str, Any]) -> str:

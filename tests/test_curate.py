@@ -7,9 +7,7 @@ import gzip
 import json
 import random
 import shutil
-from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
