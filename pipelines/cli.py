@@ -25,6 +25,7 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAM
 # Exit codes shared by every stage, so a scheduler can tell a bad config from a crash.
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
+EXIT_GATE_FAILED = 3  # eval ran and the candidate did not pass the gate
 
 
 @app.callback()
@@ -194,14 +195,190 @@ class TrainProgress:
         self.bar.stop()
 
 
+class OpenAIFollow:
+    """The live view of an OpenAI fine-tuning job: status, steps, the latest losses, the
+    checkpoints and the recent events; a plain line log when stderr is not a terminal."""
+
+    COLORS = {"validating_files": "yellow", "queued": "yellow", "running": "cyan", "succeeded": "green",
+              "failed": "red", "cancelled": "red"}
+
+    def __init__(self) -> None:
+        self.live: Any = None
+        self.current: dict[str, Any] | None = None
+        self.recent: list[dict[str, Any]] = []
+        self.checkpoints: list[dict[str, Any]] = []
+        self.metrics: dict[str, Any] = {}
+        self.started = time.monotonic()
+        self.last_status: str | None = None
+        self.last_tenth = -1
+
+    def _print(self, text: Any) -> None:
+        (self.live.console if self.live else console).print(text, highlight=False)
+
+    def estimate(self, e: dict[str, Any]) -> None:
+        self._print(f"OpenAI estimate for {e['model']}: {e['billed_tokens']:,} billed tokens ({e['epochs']} epochs, "
+                    f"{e['epochs_source']}, x {e['tokens_per_epoch']:,} tokens of {e['examples']} examples) "
+                    f"~ ${e['estimated_cost']:.2f} at ${e['price_per_million_tokens']:g}/1M tokens "
+                    f"(counted with {e['tokenizer']})")
+        if e["over_max_tokens"]:
+            self._print(f"[yellow]warning:[/yellow] {e['over_max_tokens']} examples exceed the per-example token limit "
+                        "and will be truncated")
+
+    def note(self, text: str) -> None:
+        from rich.text import Text
+
+        self._print(Text(f"  {text}"))
+
+    def retry(self, what: str, attempt: int, max_retries: int, wait: float, reason: str) -> None:
+        from rich.text import Text
+
+        self._print(Text.assemble(("  retry ", "yellow"), f"{what}: {reason}; again in {wait:.1f}s "
+                                                          f"({attempt}/{max_retries})"))
+
+    def job(self, job: dict[str, Any], new_events: list[dict[str, Any]], checkpoints: list[dict[str, Any]]) -> None:
+        from rich.text import Text
+
+        self.current, self.checkpoints = job, checkpoints
+        for event in new_events:
+            if event.get("type") == "metrics" and isinstance(event.get("data"), dict):
+                self.metrics = event["data"]
+        self.recent = (self.recent + [e for e in new_events if e.get("type") != "metrics"])[-6:]
+        if console.is_terminal:
+            if self.live is None:
+                from rich.live import Live
+
+                self.live = Live(self._render(), console=console, refresh_per_second=4)
+                self.live.start()
+            else:
+                self.live.update(self._render())
+        else:
+            if job["status"] != self.last_status:
+                self._print(Text(f"  job {job['id']}: {job['status']}"))
+            for event in new_events:
+                data = event.get("data") or {}
+                if event.get("type") == "metrics" and isinstance(data, dict):
+                    total = data.get("total_steps") or 0
+                    tenth = int(10 * data.get("step", 0) / total) if total else 0
+                    if tenth > self.last_tenth or data.get("step") == total:
+                        self.last_tenth = tenth
+                        self._print(Text(f"  {self._losses(data)}"))
+                else:
+                    self._print(Text(f"  [{event.get('level', 'info')}] {event.get('message', '')}"))
+        self.last_status = job["status"]
+
+    @staticmethod
+    def _losses(m: dict[str, Any]) -> str:
+        text = f"step {m.get('step')}/{m.get('total_steps', '?')}"
+        for key, label in (("train_loss", "train loss"), ("valid_loss", "valid loss"),
+                           ("full_valid_loss", "full valid loss")):
+            if isinstance(m.get(key), (int, float)):
+                text += f"  {label} {m[key]:.4f}"
+        return text
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        job = self.current or {}
+        status = job.get("status", "?")
+        elapsed = int(time.monotonic() - self.started)
+        rows: list[Any] = [Text.assemble(("OpenAI job ", "bold"), f"{job.get('id')}  ",
+                                         (status, self.COLORS.get(status, "white")),
+                                         f"  {job.get('model')}  {elapsed // 60}m{elapsed % 60:02d}s")]
+        m = self.metrics
+        if m.get("total_steps"):
+            grid = Table.grid(padding=(0, 1))
+            grid.add_row(ProgressBar(total=m["total_steps"], completed=m.get("step", 0), width=40),
+                         Text(self._losses(m)))
+            rows.append(grid)
+        if self.checkpoints:
+            table = Table("checkpoint step", "train loss", "valid loss", "full valid loss", "model", box=None,
+                          header_style="bold")
+            for c in self.checkpoints:
+                cm = c.get("metrics") or {}
+                fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+                table.add_row(str(c["step_number"]), fmt(cm.get("train_loss")), fmt(cm.get("valid_loss")),
+                              fmt(cm.get("full_valid_loss")), c["fine_tuned_model_checkpoint"])
+            rows.append(table)
+        for event in self.recent:
+            style = {"warn": "yellow", "error": "red"}.get(event.get("level", ""), "dim")
+            rows.append(Text(f"  {event.get('message', '')}", style=style))
+        return Group(*rows)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.stop()
+            self.live = None
+
+
+def _confirm_spend(estimate: dict[str, Any]) -> bool:
+    return typer.confirm(f"Upload the split and start a paid fine-tuning job on {estimate['model']} "
+                         f"(~${estimate['estimated_cost']:.2f})?", default=False, err=True)
+
+
+def _train_openai(cfg: PipelineConfig, config: Path, *, force: bool, restart: bool, yes: bool, cancel: bool) -> None:
+    """`refit train --backend openai`: run (or re-attach to) the job, or cancel it."""
+    from rich.text import Text
+
+    from pipelines import train_openai
+    from pipelines.train import TrainError
+
+    follow = OpenAIFollow()
+    try:
+        if cancel:
+            c = train_openai.cancel(cfg, progress=follow)
+            if c.cancelled:
+                out.print(f"Cancelled job {c.job_id} of {c.run_id} (status: {c.status}).")
+            else:
+                out.print(f"Nothing to cancel: job {c.job_id} of {c.run_id} is already {c.status}.")
+            return
+        confirm = _confirm_spend if sys.stdin.isatty() else None
+        result = train_openai.train(cfg, force=force, restart=restart, assume_yes=yes, confirm=confirm,
+                                    progress=follow)
+    except TrainError as exc:
+        follow.stop()
+        console.print(Text.assemble(("error: ", "red"), str(exc)), highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    except train_openai.Detached as exc:
+        console.print(Text(exc.message, style="yellow"), highlight=False)
+        raise typer.Exit(130) from None
+    m = result.manifest
+    o = m["openai"]
+    if result.skipped:
+        out.print(f"Nothing to do: split {m['split']['id']} was already fine-tuned with this config as {result.run_id} "
+                  f"(job {o['job_id']}).")
+    else:
+        job_s = m["timings"]["job_s"]
+        took = f" in {job_s // 60:.0f}m{job_s % 60:02.0f}s" if job_s is not None else ""
+        tokens = f", {o['trained_tokens']:,} trained tokens" if o["trained_tokens"] else ""
+        out.print(f"Fine-tuned {result.run_id} on OpenAI: job {o['job_id']} {o['status']}{took}{tokens}")
+    out.print(f"  model:    {o['fine_tuned_model']}")
+    losses = m["losses"]
+    if losses["final_eval_loss"] is not None:
+        out.print(f"  validation loss {losses['final_eval_loss']:.4f} (best {losses['best_eval_loss']:.4f}); "
+                  f"{len(o['checkpoints'])} checkpoint(s)")
+    out.print(f"Run:      {result.path}   (manifest.json, curves.png, events.jsonl, results/; "
+              f"MLflow run {m['mlflow']['run_id']})")
+    out.print(f"Next:     make eval   (or: refit eval --config {config})")
+
+
 @app.command()
 def train(
     config: ConfigOption = Path(DEFAULT_CONFIG),
     backend: Annotated[str | None, typer.Option(help="lora or openai (default: train.backend).")] = None,
     split_id: Annotated[str | None, typer.Option("--split", help="Split id (default: the newest).")] = None,
     resume: Annotated[bool, typer.Option("--resume/--restart",
-                                         help="Continue from the last checkpoint (default) or start over.")] = True,
-    force: Annotated[bool, typer.Option(help="Train again even if this run finished.")] = False,
+                                         help="Continue from the last checkpoint or the recorded job (default), or "
+                                              "start over (openai: replace a failed or cancelled job).")] = True,
+    force: Annotated[bool, typer.Option(help="Train again even if this run finished (openai: rebuild the run "
+                                              "folder from the recorded job; never a second job).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="openai: spend without asking (a non-interactive run "
+                                                          "needs this or train.openai.assume_yes).")] = False,
+    cancel: Annotated[bool, typer.Option("--cancel", help="openai: cancel the job recorded for this split and "
+                                                          "config.")] = False,
 ) -> None:
     """Fine-tune on a split: a local LoRA adapter (default) or an OpenAI fine-tuning job."""
     cfg = _load(config)
@@ -212,8 +389,11 @@ def train(
         updates["split"] = split_id
     if updates:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=updates)})
-    if cfg.train.backend != "lora":
-        console.print(f"[red]error:[/red] backend {cfg.train.backend!r} is not available yet", highlight=False)
+    if cfg.train.backend == "openai":
+        return _train_openai(cfg, config, force=force, restart=not resume, yes=yes, cancel=cancel)
+    if cancel:
+        console.print("[red]error:[/red] --cancel applies to the openai backend (a LoRA run stops with Ctrl-C "
+                      "and resumes from its last checkpoint)", highlight=False)
         raise typer.Exit(EXIT_ERROR)
     from pipelines.train import TrainError, train as run_train
 
@@ -239,6 +419,78 @@ def train(
     out.print(f"Run:      {result.path}   (adapter/, curves.png, manifest.json; MLflow run {m['mlflow']['run_id']})")
     out.print(f"Next:     evaluate the adapter against the prompt baseline (the eval stage is not built yet);\n"
               f"          it loads with peft: PeftModel.from_pretrained(base_model, \"{result.path / 'adapter'}\")")
+
+
+class EvalProgress:
+    """A rich progress bar per contender over the prompts it must generate."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def start(self, label: str, total: int) -> None:
+        self.bar = Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+        self.bar.start()
+        self.task = self.bar.add_task(label, total=total)
+
+    def advance(self, n: int) -> None:
+        self.bar.update(self.task, advance=n)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def print_verdict(report: dict[str, Any]) -> None:
+    """The per-suite headline numbers and every gate rule, on stdout."""
+    for name, suite in report["suites"].items():
+        metric = suite["primary_metric"]
+        means = ", ".join(f"{c} {v['metrics'][metric]['mean']:.3f}" for c, v in suite["contenders"].items()
+                          if v["metrics"].get(metric, {}).get("mean") is not None)
+        cmp = suite["comparisons"].get("baseline", {}).get(metric)
+        delta = (f"; vs baseline {cmp['delta']:+.3f} [{cmp['low']:+.3f}, {cmp['high']:+.3f}]"
+                 if cmp and cmp["n"] else "")
+        out.print(f"  {name} (n={suite['n']}) {metric}: {means}{delta}")
+    gate = report["gate"]
+    out.print(f"Gate: {gate['summary']}")
+    for rule in gate["rules"]:
+        out.print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']} "
+                  f"(needs {rule['threshold']})")
+
+
+@app.command(name="eval")
+def eval_(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    run: Annotated[str | None, typer.Option(help="Run id to evaluate (default: the newest).")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if this eval exists (the generation cache still applies).")] = False,
+) -> None:
+    """Evaluate the candidate against the prompt baseline and the champion; decide the gate.
+    Exit 0: the gate passed; 3: it failed; 1: error; 2: bad config."""
+    from evals.runner import EvalError, evaluate
+
+    cfg = _load(config)
+    if run:
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"run": run})})
+    try:
+        result = evaluate(cfg, force=force, progress=EvalProgress(), log=lambda line: console.print(line, highlight=False))
+    except EvalError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    report = result.report
+    if result.skipped:
+        out.print(f"Nothing to do: run {report['run']['id']} was already evaluated with these suites and config "
+                  f"as {result.eval_id}.")
+    else:
+        out.print(f"Evaluated {report['run']['id']} against {', '.join(c for c in report['contenders'] if c != 'candidate')}"
+                  f" -> {result.eval_id}")
+    print_verdict(report)
+    out.print(f"Report:   {result.path / 'report.html'}   (report.json, predictions/, manifest.json)")
+    if report["gate"]["passed"]:
+        out.print(f"Next:     make promote   (or: refit promote --config {config})")
+    else:
+        out.print("Next:     the champion stays; see the failed rules above and the report's wins and losses")
+        raise typer.Exit(EXIT_GATE_FAILED)
 
 
 def main() -> None:  # pragma: no cover - console entry point

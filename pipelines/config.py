@@ -15,7 +15,7 @@ import difflib
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 import yaml
@@ -236,6 +236,50 @@ class LoraSettings(Strict):
     top_layers: int | None = Field(12, ge=1)
 
 
+class OpenAITrainConfig(Strict):
+    """The OpenAI backend: a fine-tuning job through the official SDK. Only the model, the
+    hyperparameters, suffix, seed and the endpoint identify a run (and so a job); the other
+    settings change how refit talks to the API, never which job it pays for."""
+
+    # The base model to fine-tune. Prefer a dated snapshot: an alias can move between runs.
+    model: str = "gpt-4.1-mini-2025-04-14"
+    # The API's address; null: OPENAI_BASE_URL, else https://api.openai.com/v1. Azure OpenAI
+    # (https://<resource>.openai.azure.com/openai/v1/) or any server speaking the same API.
+    base_url: str | None = None
+    # The environment variable holding the API key. The key itself never goes in a config.
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # OpenAI organization / project ids; null: OPENAI_ORG_ID / OPENAI_PROJECT_ID, else the key's default.
+    organization: str | None = None
+    project: str | None = None
+    # Hyperparameters of the supervised method: a value, or "auto" to let OpenAI choose.
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = "auto"
+    # Part of the fine-tuned model's name: ft:<model>:<org>:<suffix>:<id>.
+    suffix: str | None = Field("refit", max_length=64)
+    # The job's seed, for reproducibility; null: OpenAI picks one.
+    seed: int | None = 42
+    # Training price in USD per million tokens, for the estimate; null: split.openai's.
+    price_per_million_tokens: float | None = Field(None, ge=0)
+    # Spend without asking. A non-interactive run creates a job only with this or --yes.
+    assume_yes: bool = False
+    # Seconds between polls of the job (the first polls come faster, to show progress early).
+    poll_interval_s: float = Field(10.0, gt=0)
+    # Stop waiting after this many seconds (the job keeps running; a re-run re-attaches);
+    # null: wait until the job ends.
+    wait_timeout_s: float | None = Field(None, gt=0)
+    # Per-request timeouts in seconds; a request that times out is retried.
+    request_timeout_s: float = Field(120.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    # Retries per request for transient failures (429, 5xx, timeouts, dropped connections),
+    # with exponential backoff from retry_backoff_s to retry_max_backoff_s. A 429's
+    # Retry-After is honoured; one longer than max_retry_after_s ends the run instead.
+    max_retries: int = Field(6, ge=0)
+    retry_backoff_s: float = Field(1.0, ge=0)
+    retry_max_backoff_s: float = Field(60.0, ge=0)
+    max_retry_after_s: float = Field(600.0, ge=0)
+
+
 class TrainConfig(Strict):
     # lora: local LoRA fine-tune (transformers + peft + trl); openai: the fine-tuning API.
     backend: Literal["lora", "openai"] = "lora"
@@ -243,6 +287,7 @@ class TrainConfig(Strict):
     split: str | None = None
     output_dir: str = "artifacts/runs"
     lora: LoraSettings = LoraSettings()
+    openai: OpenAITrainConfig = OpenAITrainConfig()
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
     batch_size: int = Field(8, ge=1)
@@ -280,6 +325,88 @@ class TrackingConfig(Strict):
     experiment: str | None = None
 
 
+# --------------------------------------------------------------------------- eval
+
+
+class HFProviderConfig(Strict):
+    # Prompts per generate() call; predictions do not depend on it (tested).
+    batch_size: int = Field(16, ge=1)
+    # float32 keeps greedy decoding reproducible across machines and batch sizes.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class OpenAIProviderConfig(Strict):
+    # Used for OpenAI fine-tunes (and an OpenAI baseline); any OpenAI-compatible server
+    # (vLLM, Azure OpenAI) works by changing the URL. null: $OPENAI_BASE_URL or OpenAI.
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)  # requests in flight
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)  # 429 (honouring Retry-After), 5xx, timeouts, dropped connections
+
+
+class PriceConfig(Strict):
+    # USD per million tokens, for the cost per 1,000 queries in the report.
+    prompt_per_million: float = Field(0.0, ge=0)
+    completion_per_million: float = Field(0.0, ge=0)
+
+
+class UserSuiteConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # JSONL rows {question, context or contexts (optional), answers}; GSM8K rows
+    # ({question, answer: "... #### 42"}) and SQuAD 2.0 JSON files are read as they are.
+    path: str
+    limit: int | None = Field(None, ge=1)  # the first N items
+
+
+class SuitesConfig(Strict):
+    validation: bool = True
+    regression: bool = True
+    # refit's own general-capability guards (evals/suites/<name>.jsonl).
+    guards: list[Literal["instruction_following", "arithmetic", "refusal"]] = [
+        "instruction_following", "arithmetic", "refusal"]
+    guard_limit: int | None = Field(None, ge=1)  # the first N items of each guard suite
+    user: list[UserSuiteConfig] = []
+
+
+class GateConfig(Strict):
+    primary_suite: str = "validation"
+    # f1 (SQuAD token F1, refusals scored as the empty answer), exact_match, format_valid,
+    # refusal_accuracy, citation_valid, groundedness.
+    primary_metric: str = "f1"
+    # Rule 1: the lower bound of the 95% interval of (candidate - baseline) on the primary
+    # metric must be above this.
+    min_improvement: float = 0.0
+    # Rule 2: the candidate's mean on the primary metric may trail the champion by at most this.
+    champion_tolerance: float = Field(0.02, ge=0)
+    # Rule 3: on each of these suites the candidate may trail the base model by at most the margin.
+    guard_suites: list[str] = ["regression", "instruction_following", "arithmetic", "refusal"]
+    guard_margin: float = Field(0.05, ge=0)
+    # Rule 4: the share of the candidate's answers that are in the pipeline's format.
+    format_floor: float = Field(0.9, ge=0, le=1)
+
+
+class EvalConfig(Strict):
+    # A run id (artifacts/runs/<id>); null: the newest.
+    run: str | None = None
+    output_dir: str = "artifacts/evals"
+    cache: str = "artifacts/cache/generations.sqlite"
+    # The current champion: "registry" (the alias in the model registry, when there is
+    # one), "none", or a run id.
+    champion: str = "registry"
+    max_new_tokens: int = Field(160, ge=1)
+    hf: HFProviderConfig = HFProviderConfig()
+    openai: OpenAIProviderConfig = OpenAIProviderConfig()
+    # Prices per contender backend: local models cost what your hardware costs (0 here).
+    price_local: PriceConfig = PriceConfig()
+    price_openai: PriceConfig = PriceConfig(prompt_per_million=0.8, completion_per_million=3.2)
+    suites: SuitesConfig = SuitesConfig()
+    bootstrap_resamples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 17
+    gate: GateConfig = GateConfig()
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -293,6 +420,7 @@ class PipelineConfig(Strict):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()
 
     def regression_path(self) -> Path:
         return Path(self.split.regression.path or f"datasets/regression/{self.name}.jsonl")
