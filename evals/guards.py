@@ -82,12 +82,13 @@ IF_TOPICS = (
     "learning to swim", "the forest", "music", "a picnic in the park", "snow", "the beach",
     "a lazy Sunday", "baking bread", "a walk in the rain", "the stars", "apples", "a small village",
 )
+# Short tasks: a 135M model writes one sentence when asked for one, and long rambling answers
+# break word limits and comma bans for reasons that have nothing to do with following them.
 IF_TASKS = (
-    "Write a short description of {topic}.",
-    "Write a few sentences about {topic}.",
-    "Tell me about {topic}.",
-    "Write a short paragraph about {topic}.",
-    "Describe {topic}.",
+    "Write one sentence about {topic}.",
+    "Write a short sentence about {topic}.",
+    "Describe {topic} in one sentence.",
+    "Write one sentence describing {topic}.",
 )
 IF_LIST_TASKS = (
     "List some facts about {topic}.",
@@ -95,41 +96,45 @@ IF_LIST_TASKS = (
     "List some things people like about {topic}.",
     "Write some short notes about {topic}.",
 )
-IF_JSON_TASKS = (
-    "Describe {topic}.",
-    "Write about {topic}.",
-    "Tell me about {topic}.",
-)
 IF_JSON_KEYS = (("name", "description"), ("topic", "summary"), ("title", "text"), ("subject", "fact"),
-                ("topic", "sentence"))
+                ("name", "color"))
+# Lowercase items are one-word answers: SmolLM2-135M capitalises every sentence it starts
+# however the instruction is put (0 of 30 in calibration), so longer tasks would only measure 0.
+IF_LOWERCASE_QUESTIONS = (
+    "What animal says moo?", "What color is grass?", "What do bees make?", "What is frozen water called?",
+    "Which animal barks?", "What fruit is yellow and long?", "What color is the sky on a clear day?",
+    "What do cows drink?", "Which season comes after winter?", "What do you call a baby cat?",
+    "What is the opposite of hot?", "What do birds use to fly?", "What color is snow?",
+    "What do you drink in the morning?", "Which animal has a long trunk?", "What falls from clouds?",
+    "What shines in the sky during the day?", "What do you wear on your feet?",
+    "What do you use to write on paper?", "Which fruit is red and round?",
+)
 IF_REQUIRED_WORDS = ("happy", "bright", "quiet", "together", "morning", "green", "simple", "warm",
                      "gentle", "blue", "friendly", "beautiful")
 IF_END_PHRASES = ("That is all.", "Thank you for reading.", "Have a nice day.", "The end.",
                   "Is there anything else I can help with?")
 IF_LABELS = ("word_limit", "lowercase", "json", "bullets", "required_word", "end_phrase", "no_commas",
              "combined")
-# Pairs for "combined" items: any two of these are satisfiable together.
-IF_COMBINABLE = ("word_limit", "lowercase", "required_word", "end_phrase", "no_commas")
+# Pairs for "combined" items, in the order their sentences are written. Lowercase and end_phrase
+# are left out: SmolLM2-135M rarely meets them alone, so they would zero every pair they are in.
+IF_COMBINABLE = ("word_limit", "required_word", "no_commas")
 
 
 def _constraint(kind: str, rng: random.Random) -> tuple[dict[str, Any], str]:
-    """One constraint and the sentence that asks for it."""
+    """One constraint and the sentence that asks for it (it follows the task sentence)."""
     if kind == "word_limit":
-        limit = rng.choice((15, 20, 25, 30))
+        limit = rng.choice((15, 20, 25))
         return {"type": kind, "max_words": limit}, f"Answer in at most {limit} words."
-    if kind == "lowercase":
-        return {"type": kind}, "Your entire answer must be in lowercase letters, with no capital letters at all."
     if kind == "required_word":
         word = rng.choice(IF_REQUIRED_WORDS)
-        return {"type": kind, "word": word}, f'Include the word "{word}" in your answer.'
+        return {"type": kind, "word": word}, f'Include the word "{word}".'
     if kind == "end_phrase":
         phrase = rng.choice(IF_END_PHRASES)
-        return ({"type": kind, "phrase": phrase},
-                f'End your answer with the exact phrase "{phrase}" and nothing after it.')
+        return {"type": kind, "phrase": phrase}, f'After it, write "{phrase}"'
     if kind == "no_commas":
-        return {"type": kind}, "Do not use any commas in your answer."
+        return {"type": kind}, "Do not use any commas."
     if kind == "bullets":
-        count = rng.choice((2, 3, 4))
+        count = rng.choice((3, 4, 5))  # two bullets: SmolLM2-135M meets them every time
         return ({"type": kind, "count": count},
                 f"Your answer must have exactly {count} bullet points. Use markdown bullet points such as:\n"
                 "- This is a point.")
@@ -137,7 +142,7 @@ def _constraint(kind: str, rng: random.Random) -> tuple[dict[str, Any], str]:
         keys = list(rng.choice(IF_JSON_KEYS))
         quoted = " and ".join(f'"{k}"' for k in keys)
         return ({"type": kind, "keys": keys},
-                f"Reply with only a JSON object with the keys {quoted}, and nothing else.")
+                f"in a JSON object with the keys {quoted}. Keep the values short and reply with only the JSON object.")
     raise ValueError(f"unknown constraint type {kind!r}")
 
 
@@ -148,21 +153,27 @@ def instruction_following(n: int = DEFAULT_N, seed: int = DEFAULT_SEED) -> list[
     items = []
     for index, label in enumerate(_balanced_labels(IF_LABELS, n, rng), 1):
         topic = rng.choice(IF_TOPICS)
-        if label == "bullets":
-            task = rng.choice(IF_LIST_TASKS)
+        if label == "lowercase":
+            check = {"constraints": [{"type": "lowercase"}]}
+            query = f"Answer with one word in lowercase letters: {rng.choice(IF_LOWERCASE_QUESTIONS)}"
         elif label == "json":
-            task = rng.choice(IF_JSON_TASKS)
+            constraint, sentence = _constraint(label, rng)
+            check = {"constraints": [constraint]}
+            query = f"Describe {topic} {sentence}"
         else:
-            task = rng.choice(IF_TASKS)
-        kinds = sorted(rng.sample(IF_COMBINABLE, 2), key=IF_COMBINABLE.index) if label == "combined" else [label]
-        constraints, sentences = [], []
-        for kind in kinds:
-            constraint, sentence = _constraint(kind, rng)
-            constraints.append(constraint)
-            sentences.append(sentence)
-        query = " ".join([task.format(topic=topic), *sentences])
-        items.append(_item(suite, index, kind="general", query=query, label=label,
-                           check={"constraints": constraints}))
+            if label == "combined":
+                kinds = sorted(rng.sample(IF_COMBINABLE, 2), key=IF_COMBINABLE.index)
+            else:
+                kinds = [label]
+            task = rng.choice(IF_LIST_TASKS if label == "bullets" else IF_TASKS).format(topic=topic)
+            constraints, sentences = [], []
+            for kind in kinds:
+                constraint, sentence = _constraint(kind, rng)
+                constraints.append(constraint)
+                sentences.append(sentence)
+            check = {"constraints": constraints}
+            query = " ".join([task, *sentences])
+        items.append(_item(suite, index, kind="general", query=query, label=label, check=check))
     return items
 
 
@@ -179,23 +190,25 @@ BOXES = (("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("jar", "jars
 ARITH_LABELS = ("addition", "subtraction", "multiplication", "division", "two_step")
 
 
+# Single-digit operands (products and dividends up to 25): SmolLM2-135M gets about half of
+# "3 + 4" word problems right and almost none with two-digit numbers.
 def _arith_problem(label: str, rng: random.Random) -> tuple[str, int]:
     name, pron = rng.choice(PEOPLE)
+    obj = "him" if pron == "he" else "her"
     friend = rng.choice([p for p, _ in PEOPLE if p != name])
     thing = rng.choice(THINGS)
     box, boxes = rng.choice(BOXES)
     if label == "addition":
-        a, b = rng.randint(2, 15), rng.randint(2, 15)
+        a, b = rng.randint(1, 9), rng.randint(2, 9)
         text = rng.choice((
             f"{name} has {a} {thing} and buys {b} more. How many {thing} does {pron} have now?",
-            f"{name} has {a} {thing}. {friend} gives {'him' if pron == 'he' else 'her'} {b} more. "
-            f"How many {thing} does {name} have now?",
+            f"{name} has {a} {thing}. {friend} gives {obj} {b} more. How many {thing} does {name} have now?",
             f"There are {a} {thing} on a table and {b} {thing} on a shelf. How many {thing} are there in total?",
         ))
         return text, a + b
     if label == "subtraction":
-        a = rng.randint(8, 20)
-        b = rng.randint(2, a - 2)
+        a = rng.randint(4, 12)
+        b = rng.randint(1, min(a - 1, 9))
         text = rng.choice((
             f"{name} has {a} {thing} and gives {b} of them to {friend}. How many {thing} does {name} have left?",
             f"{name} had {a} {thing} and lost {b}. How many {thing} does {pron} have now?",
@@ -203,7 +216,7 @@ def _arith_problem(label: str, rng: random.Random) -> tuple[str, int]:
         ))
         return text, a - b
     if label == "multiplication":
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
         text = rng.choice((
             f"{name} has {a} {boxes} with {b} {thing} in each {box}. How many {thing} does {pron} have in total?",
             f"Each {box} holds {b} {thing}. How many {thing} are in {a} {boxes}?",
@@ -211,7 +224,7 @@ def _arith_problem(label: str, rng: random.Random) -> tuple[str, int]:
         ))
         return text, a * b
     if label == "division":
-        b, q = rng.randint(2, 6), rng.randint(2, 9)
+        b, q = rng.randint(2, 5), rng.randint(2, 5)
         a = b * q
         text = rng.choice((
             f"{name} has {a} {thing} and shares them equally among {b} friends. How many {thing} does each friend get?",
@@ -219,8 +232,8 @@ def _arith_problem(label: str, rng: random.Random) -> tuple[str, int]:
         ))
         return text, q
     if label == "two_step":
-        a, b = rng.randint(5, 15), rng.randint(2, 9)
-        c = rng.randint(1, min(a + b - 1, 9))
+        a, b = rng.randint(2, 9), rng.randint(1, 5)
+        c = rng.randint(1, min(a + b - 1, 5))
         text = rng.choice((
             f"{name} has {a} {thing}. {pron.capitalize()} buys {b} more and then gives {c} to {friend}. "
             f"How many {thing} does {name} have now?",

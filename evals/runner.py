@@ -382,9 +382,18 @@ def eval_key(config: PipelineConfig, run_manifest: dict[str, Any], champion: Con
         "suites": {s.name: s.sha256 for s in suites}, "shots": shots_ids,
         "config": config.section_hash("eval", "prompt", "output"),
         "base": base_model_id(config.model.base) if run_manifest.get("backend") != "openai" else None,
-        "code": code_version(),
+        "code": code_version(), "eval_code": _source_hash(),
     }, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()
+
+
+def _source_hash() -> str:
+    """evals/ is not part of the stages' code version (an edit here must not retrain), but
+    an eval from older scoring code is not this eval."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def evaluate(config: PipelineConfig, *, force: bool = False, progress: Progress | None = None,
@@ -404,6 +413,10 @@ def evaluate(config: PipelineConfig, *, force: bool = False, progress: Progress 
     candidate = contender_from_run("candidate", config, run_path, run_manifest)
     contenders = [candidate, baseline_for(config, run_manifest)]
     champion = find_champion(config)
+    if champion is not None and champion.run_id == candidate.run_id:
+        # The candidate is the champion already: comparing it with itself measures nothing,
+        # and leaving it out keeps the eval id (and so the report) of its first evaluation.
+        champion = None
     if champion is not None:
         contenders.append(champion)
 

@@ -25,13 +25,15 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAM
 # Exit codes shared by every stage, so a scheduler can tell a bad config from a crash.
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
-EXIT_GATE_FAILED = 3  # eval ran and the candidate did not pass the gate
+EXIT_GATE_FAILED = 3  # eval ran and the candidate did not pass the gate; promote refused to move champion
+EXIT_LOCKED = 75  # retrain: another run of this pipeline holds the lock (EX_TEMPFAIL: try later)
 
 
 @app.callback()
 def refit() -> None:
     """refit: turn RAG failure logs into fine-tuned models that are proven better before they
-    ship. Stages: curate, split, train, eval, promote."""
+    ship. Stages: curate, split, train, eval, promote; retrain runs them all; status, history
+    and rollback look after the registry."""
 
 
 def _load(config: Path) -> PipelineConfig:
@@ -417,8 +419,7 @@ def train(
     verdict = "below" if losses["final_eval_loss"] < losses["base_eval_loss"] else "NOT below"
     out.print(f"  validation loss {losses['final_eval_loss']:.4f} ({verdict} the base model's {losses['base_eval_loss']:.4f})")
     out.print(f"Run:      {result.path}   (adapter/, curves.png, manifest.json; MLflow run {m['mlflow']['run_id']})")
-    out.print(f"Next:     evaluate the adapter against the prompt baseline (the eval stage is not built yet);\n"
-              f"          it loads with peft: PeftModel.from_pretrained(base_model, \"{result.path / 'adapter'}\")")
+    out.print(f"Next:     make eval   (or: refit eval --config {config})")
 
 
 class EvalProgress:
@@ -451,12 +452,12 @@ def print_verdict(report: dict[str, Any]) -> None:
         cmp = suite["comparisons"].get("baseline", {}).get(metric)
         delta = (f"; vs baseline {cmp['delta']:+.3f} [{cmp['low']:+.3f}, {cmp['high']:+.3f}]"
                  if cmp and cmp["n"] else "")
-        out.print(f"  {name} (n={suite['n']}) {metric}: {means}{delta}")
+        out.print(f"  {name} (n={suite['n']}) {metric}: {means}{delta}", markup=False)
     gate = report["gate"]
     out.print(f"Gate: {gate['summary']}")
     for rule in gate["rules"]:
         out.print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']} "
-                  f"(needs {rule['threshold']})")
+                  f"(needs {rule['threshold']})", markup=False)
 
 
 @app.command(name="eval")
@@ -491,6 +492,225 @@ def eval_(
     else:
         out.print("Next:     the champion stays; see the failed rules above and the report's wins and losses")
         raise typer.Exit(EXIT_GATE_FAILED)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _say(text: str) -> None:
+    out.print(text, markup=False, highlight=False)
+
+
+def _registry_error(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    raise typer.Exit(EXIT_ERROR) from None
+
+
+def _moves(moves: list[dict[str, Any]]) -> None:
+    for m in moves:
+        _say(f"  {m['alias']}: {'v' + m['from_version'] if m['from_version'] else 'none'} -> v{m['to_version']}"
+                  f"   ({m['action']}, audit #{m['seq']})")
+
+
+@app.command()
+def promote(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    eval_id: Annotated[str | None, typer.Option("--eval", help="Eval id (default: the newest).")] = None,
+    force: Annotated[bool, typer.Option(help="Move champion even though the gate failed (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why the gate is overridden; recorded in the audit log.")] = None,
+) -> None:
+    """Register the evaluated candidate (alias candidate); move champion to it if its gate passed.
+
+    Exit 0: champion is this version; 3: champion not moved (the gate failed, or the champion
+    moved since the eval); 1: error; 2: bad config or usage."""
+    from pipelines import registry
+
+    cfg = _load(config)
+    if force and not (reason or "").strip():
+        console.print('[red]error:[/red] --force needs --reason "...": the override goes in the audit log',
+                      highlight=False)
+        raise typer.Exit(EXIT_CONFIG)
+    try:
+        with console.status("registering"):
+            result = registry.promote(cfg, eval_id, force=force, reason=reason)
+    except registry.RegistryError as exc:
+        _registry_error(exc)
+    name = registry.model_name(cfg)
+    verdict = "PASS" if result.passed else "FAIL"
+    if result.created:
+        _say(f"Registered {name} v{result.version} from {result.eval_id} (run {result.run_id}): gate {verdict}")
+    else:
+        _say(f"Already registered: {result.eval_id} is {name} v{result.version} (run {result.run_id}): "
+                  f"gate {verdict}")
+    _moves(result.moves)
+    if result.is_champion:
+        if result.forced:
+            _say(f"  champion moved despite: {'; '.join(result.refused)}  (forced: {reason})")
+        elif not result.champion_moved:
+            _say(f"  champion: v{result.version} already")
+        _say(f"Model card: {result.card}")
+        _say(f"Next:     refit status   (undo: refit rollback --reason \"...\" --config {config})")
+        return
+    _say(f"  champion stays {'v' + result.champion_before if result.champion_before else 'unset'}: "
+              + "; ".join(result.refused))
+    for rule in result.failed_rules:
+        _say(f"    [FAIL] {rule['rule']}: {rule['detail']} (needs {rule['threshold']})")
+    _say(f"Model card: {result.card}")
+    _say(f"To ship it anyway: refit promote --eval {result.eval_id} --force --reason \"...\" --config {config}")
+    raise typer.Exit(EXIT_GATE_FAILED)
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why; recorded in the audit log.")],
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    version: Annotated[str | None, typer.Option(help="The version to make champion (default: the one the "
+                                                     "current champion replaced).")] = None,
+) -> None:
+    """Move champion back to the previous champion (or --version N), audited."""
+    from pipelines import registry
+
+    cfg = _load(config)
+    if not reason.strip():
+        console.print('[red]error:[/red] --reason must say why', highlight=False)
+        raise typer.Exit(EXIT_CONFIG)
+    try:
+        result = registry.rollback(cfg, reason=reason, version=version)
+    except registry.RegistryError as exc:
+        _registry_error(exc)
+    _say(f"Rolled back {registry.model_name(cfg)}: champion v{result.from_version} -> v{result.to_version} "
+              f"(run {result.run_id}; audit #{result.entry['seq']} by {result.entry['who']})")
+    if result.run_missing:
+        console.print(f"[yellow]warning:[/yellow] run {result.run_id} is not in {cfg.train.output_dir}; the next "
+                      "eval needs it to compare against the champion", highlight=False)
+
+
+@app.command()
+def history(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    limit: Annotated[int | None, typer.Option(help="Only the last N moves.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Every alias move of this pipeline's model: when, who, from -> to, why, the report."""
+    import orjson
+
+    from pipelines import registry
+
+    cfg = _load(config)
+    entries = registry.history(cfg)
+    if limit:
+        entries = entries[-limit:]
+    if as_json:
+        for e in entries:
+            _say(orjson.dumps(e, option=orjson.OPT_SORT_KEYS).decode())
+        return
+    if not entries:
+        _say(f"No alias moves recorded for {registry.model_name(cfg)} yet (make promote registers one).")
+        return
+    for e in entries:
+        frm = f"v{e['from_version']}" if e.get("from_version") else "none"
+        to = f"v{e['to_version']}" if e.get("to_version") else "none"
+        line = f"#{e['seq']:<3} {e['at']}  {e['alias']:<9} {frm:>5} -> {to:<5} {e['action']:<13} {e['who']}"
+        _say(line)
+        details = [f"why: {e['reason']}"] if e.get("reason") else []
+        if e.get("overrode"):
+            details.append(f"overrode: {'; '.join(e['overrode'])}")
+        if e.get("report"):
+            details.append(f"report: {e['report']}")
+        for d in details:
+            _say(f"       {d}")
+
+
+@app.command()
+def status(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    as_json: Annotated[bool, typer.Option("--json", help="The same, as JSON.")] = False,
+) -> None:
+    """The pipeline at a glance: newest dataset, split, run, eval verdict, champion and candidate."""
+    import orjson
+
+    from pipelines import registry
+
+    cfg = _load(config)
+    s = registry.status(cfg)
+    if as_json:
+        _say(orjson.dumps(s, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode())
+        return
+    p = _say
+    p(f"Pipeline {s['pipeline']} (registered model {s['model']})")
+    d = s.get("dataset")
+    p(f"  dataset    {d['id']}: {d.get('examples', '?')} examples, decision {d.get('decision', '?')} "
+      f"({d.get('created_at')})" if d else "  dataset    none yet (make curate)")
+    sp = s.get("split")
+    p(f"  split      {sp['id']}: train {sp['counts']['train']}, validation {sp['counts']['validation']}, "
+      f"regression {sp['counts']['regression']} (from {sp['dataset']})" if sp and sp.get("counts")
+      else "  split      none yet (make split)")
+    r = s.get("run")
+    if r:
+        loss = f", validation loss {r['final_eval_loss']:.4f}" if isinstance(r.get("final_eval_loss"), float) else ""
+        versions = f"; registered as {', '.join('v' + v for v in r['versions'])}" if r.get("versions") else ""
+        older = "  [not the newest split: make train]" if sp and r.get("split") != sp["id"] else ""
+        p(f"  run        {r['id']}: {r.get('backend', '?')} on {r.get('split')}{loss}{versions}{older}")
+    else:
+        p("  run        none yet (make train)")
+    e = s.get("eval")
+    if e and e.get("gate"):
+        verdict = "PASS" if e["gate"]["passed"] else f"FAIL ({', '.join(e['gate']['failed'] or [])})"
+        stale = "" if r and e.get("run") == r["id"] else "  [not the newest run: make eval]"
+        p(f"  eval       {e['id']} of {e['run']}: gate {verdict}; {e.get('primary', '')}{stale}")
+    else:
+        p("  eval       none yet (make eval)")
+    if s.get("registry_error"):
+        p(f"  registry   unreachable: {s['registry_error']}")
+    for alias in ("champion", "candidate"):
+        v = s.get(alias)
+        if v:
+            forced = ", FORCED" if v.get("forced") else ""
+            p(f"  {alias:<10} v{v['version']}: run {v['run_id']}, eval {v['eval_id']}, gate {v['gate']}{forced}")
+        elif "registry_error" not in s:
+            p(f"  {alias:<10} none" + (" (make promote)" if alias == "champion" else ""))
+    last = s.get("last_champion_move")
+    if last:
+        p(f"             champion set {last['at']} by {last['who']} ({last['action']}): {last.get('reason') or ''}")
+    if s.get("last_retrain"):
+        lr = s["last_retrain"]
+        p(f"  retrain    last: {lr['outcome']} (exit {lr['exit_code']}) at {lr['finished_at']}: {lr['message']}")
+
+
+@app.command()
+def retrain(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="openai backend: start paid jobs without asking.")] = False,
+) -> None:
+    """Every stage, curate to promote, each skipped when unchanged: for schedulers.
+
+    Exit 0: promoted, nothing new, or not enough new data; 3: gate failed (champion unchanged);
+    75: another retrain holds the lock; 1: error; 2: bad config. Prints one summary line."""
+    import signal
+
+    from pipelines.retrain import retrain as run_retrain
+
+    cfg = _load(config)
+    train_progress: Any = OpenAIFollow() if cfg.train.backend == "openai" else TrainProgress()
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    try:  # a scheduler's stop: recorded in the summary as interrupted, and the lock released
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        summary = run_retrain(
+            cfg, assume_yes=yes, log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
+            progress={"curate": RateProgress("curate"), "train": train_progress, "eval": EvalProgress()})
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if isinstance(train_progress, OpenAIFollow):
+            train_progress.stop()
+    _say(summary["line"])
+    raise typer.Exit(summary["exit_code"])
 
 
 def main() -> None:  # pragma: no cover - console entry point

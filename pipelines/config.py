@@ -329,8 +329,9 @@ class TrackingConfig(Strict):
 
 
 class HFProviderConfig(Strict):
-    # Prompts per generate() call; predictions do not depend on it (tested).
-    batch_size: int = Field(16, ge=1)
+    # Prompts per generate() call; predictions do not depend on it (tested). On a CPU a
+    # decoding step costs little more for 32 rows than for 1, so bigger batches pay.
+    batch_size: int = Field(32, ge=1)
     # float32 keeps greedy decoding reproducible across machines and batch sizes.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -394,7 +395,7 @@ class EvalConfig(Strict):
     # The current champion: "registry" (the alias in the model registry, when there is
     # one), "none", or a run id.
     champion: str = "registry"
-    max_new_tokens: int = Field(160, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
     hf: HFProviderConfig = HFProviderConfig()
     openai: OpenAIProviderConfig = OpenAIProviderConfig()
     # Prices per contender backend: local models cost what your hardware costs (0 here).
@@ -405,6 +406,43 @@ class EvalConfig(Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 17
     gate: GateConfig = GateConfig()
+
+
+# --------------------------------------------------------------------------- registry & retrain
+
+
+class RegistryConfig(Strict):
+    # The audit log of alias moves (<dir>/<name>/audit.jsonl), the model cards
+    # (<dir>/<name>/cards/v<N>.md) and the lock that serialises alias moves
+    # (<dir>/<name>/aliases.lock). The registry itself is MLflow's, at tracking.uri.
+    dir: str = "artifacts/registry"
+    # How long a promotion or rollback waits for another one to finish its alias moves.
+    lock_timeout_s: float = Field(120.0, gt=0)
+    # The model card's "Intended use" section; null: derived from the pipeline's prompt.
+    intended_use: str | None = None
+
+
+class WebhookConfig(Strict):
+    # POST the run summary (JSON, with a one-line "text" for chat webhooks) here; null: the
+    # variable named by url_env, if set; neither: no webhook.
+    url: str | None = None
+    # The environment variable that holds the URL, so a secret URL stays out of the config.
+    url_env: str = Field("REFIT_WEBHOOK_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_s: float = Field(10.0, gt=0)
+    # The outcomes that notify: promoted, gate_failed, nothing_new, not_enough_new_data,
+    # locked, error.
+    notify_on: list[Literal["promoted", "gate_failed", "nothing_new", "not_enough_new_data", "locked", "error"]] = [
+        "promoted", "gate_failed", "locked", "error"]
+
+
+class RetrainConfig(Strict):
+    # New curated examples (not in the dataset the newest run was trained on) needed before
+    # training again; synthetic "I don't know" and general examples do not count.
+    min_new_examples: int = Field(50, ge=0)
+    # The lock (<dir>/<name>.lock: one retrain per pipeline at a time) and the run summaries
+    # (<dir>/<name>/last.json, and one line per run in <dir>/<name>/summaries.jsonl).
+    dir: str = "artifacts/retrain"
+    webhook: WebhookConfig = WebhookConfig()
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -421,6 +459,8 @@ class PipelineConfig(Strict):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     def regression_path(self) -> Path:
         return Path(self.split.regression.path or f"datasets/regression/{self.name}.jsonl")

@@ -103,6 +103,9 @@ def main() -> None:
             else:
                 messages = render_messages(item, cfg.prompt, cfg.output, with_answer=False)
             prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        # Batches of similar length: less padding. Greedy decoding, so the order changes nothing.
+        order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
+        items, prompts = [items[i] for i in order], [prompts[i] for i in order]
         start = time.time()
         results: dict[str, list[bool]] = defaultdict(list)
         for lo in range(0, len(items), args.batch_size):

@@ -699,6 +699,9 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "refit-openai-server/1"
+    # Headers and body go out in two writes; with Nagle's algorithm on, the second waits for
+    # the client's delayed ACK (~40 ms per response on Linux loopback).
+    disable_nagle_algorithm = True
     api: FakeOpenAI  # set on the subclass made by make_server
     verbose = False
 

@@ -197,3 +197,100 @@ def rag_logs(n: int, offset: int = 0, sessions: int = 0) -> list[dict]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+# --------------------------------------------------------------------------- a tiny trained pipeline
+# Shared by the registry and retrain tests: the whole pipeline on a two-layer Llama, with evals
+# small enough to run in seconds (a handful of guard items, six new tokens, 200 resamples).
+
+TINY_EVAL = {"max_new_tokens": 6, "bootstrap_resamples": 200, "hf": {"batch_size": 8}, "suites": {"guard_limit": 4}}
+# A gate the tiny model passes; the default gate fails it (it does not beat the baseline).
+PASSING_GATE = {"min_improvement": -1.0, "champion_tolerance": 1.0, "guard_margin": 1.0, "format_floor": 0.0}
+
+
+def tiny_pipeline_config(ws: "Workspace", model_dir: Path, *, gate: dict | None = None, **sections: Any) -> Path:
+    """A pipeline YAML for `ws` that trains the tiny model for two steps and evaluates fast;
+    `gate` replaces eval.gate; other sections are merged over the defaults here."""
+    data: dict[str, Any] = {
+        "model": {"base": str(model_dir), "max_seq_tokens": 4096},
+        "curate": {"inputs": ["logs"], "general_mix": {"path": None}, "idk": {"synthetic_fraction": 0.1},
+                   "dedup": {"threshold": 0.9}},
+        "split": {"validation_fraction": 0.2, "min_validation": 5, "min_train": 10,
+                  "regression": {"size": 6, "path": "state/regression.jsonl"}},
+        "train": {"max_steps": 2, "eval_steps": 2, "save_steps": 2, "batch_size": 4, "eval_batch_size": 8,
+                  "lora": {"r": 4, "alpha": 8, "top_layers": None}, "precision": "fp32",
+                  "early_stopping_patience": None},
+        "tracking": {"uri": "sqlite:///artifacts/mlflow.db", "artifact_location": "artifacts/mlartifacts"},
+        "eval": {**TINY_EVAL, **({"gate": gate} if gate is not None else {})},
+    }
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    path = ws.root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def copy_project(source: Path, ws: "Workspace") -> "Workspace":
+    """Copy a project's state (paths in its manifests are relative to its root) into `ws`."""
+    import shutil
+
+    for name in ("logs", "datasets", "artifacts", "state"):
+        if (source / name).exists():
+            shutil.copytree(source / name, ws.root / name, dirs_exist_ok=True)
+    return ws
+
+
+def _kill_in_eval(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for the eval stage: the scheduler kills the run (SIGTERM) mid-way."""
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)  # the CLI's SIGTERM handler interrupts this
+    raise AssertionError("SIGTERM did not stop the retrain")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_tokenizer_dir: Path) -> dict:
+    """The pipeline run once on the tiny model, in two projects (tests copy them):
+
+    - `killed`: `refit retrain` from nothing, killed (SIGTERM) when it reached eval: curated,
+      split and trained, its summary and exit code in `killed_result`.
+    - `evaluated`: a copy of it, then evaluated twice: with PASSING_GATE (eval id `passed`) and
+      with the default gate, which the tiny model fails (eval id `failed`); nothing promoted.
+    """
+    import os
+    import shutil
+
+    from pipelines import retrain
+
+    base = tmp_path_factory.mktemp("tiny-pipeline")
+    killed, evaluated = base / "killed", base / "evaluated"
+    killed.mkdir()
+    cwd = os.getcwd()
+    out: dict[str, Any] = {"killed": killed, "evaluated": evaluated}
+    try:
+        os.chdir(killed)
+        ws = Workspace(killed, tiny_tokenizer_dir)
+        ws.write_logs("a.jsonl", rag_logs(70))
+        cfg = tiny_pipeline_config(ws, tiny_model_dir, gate=PASSING_GATE)
+        real_eval = retrain.Stages.eval
+        retrain.Stages.eval = staticmethod(_kill_in_eval)
+        try:
+            out["killed_result"] = ws.run("retrain", "--config", str(cfg))
+        finally:
+            retrain.Stages.eval = real_eval
+        shutil.copytree(killed, evaluated)
+        os.chdir(evaluated)
+        ws = Workspace.__new__(Workspace)
+        ws.root, ws.tokenizer_dir = evaluated, tiny_tokenizer_dir
+        for name, gate in (("passed", PASSING_GATE), ("failed", None)):
+            cfg = tiny_pipeline_config(ws, tiny_model_dir, gate=gate)
+            result = ws.run("eval", "--config", str(cfg))
+            assert result.exit_code == (0 if name == "passed" else 3), result.output
+            out[name] = (evaluated / "artifacts" / "evals" / "LATEST").read_text().strip()
+    finally:
+        os.chdir(cwd)
+    assert out["passed"] != out["failed"]
+    return out

@@ -177,11 +177,54 @@ def test_check_instruction_blank_and_invalid() -> None:
         check_instruction("ok", {"constraints": []})
 
 
-def test_every_shipped_check_is_satisfiable_and_falsifiable() -> None:
-    # The checker knows every constraint the generator writes, and a wrong answer fails.
+def _satisfying(constraints: list[dict]) -> str:
+    """A response meeting every constraint of one shipped check, written from the check alone."""
+    by_type = {c["type"]: c for c in constraints}
+    if "json" in by_type:
+        return json.dumps({key: "short" for key in by_type["json"]["keys"]})
+    if "bullets" in by_type:
+        return "\n".join("- a point" for _ in range(by_type["bullets"]["count"]))
+    text = "nice"
+    if "required_word" in by_type:
+        text += " and " + by_type["required_word"]["word"]
+    if "end_phrase" in by_type:
+        text += ". " + by_type["end_phrase"]["phrase"]
+    return text.lower() if "lowercase" in by_type else text
+
+
+def _violating(constraint: dict, good: str) -> str:
+    """`good` changed so that it breaks this one constraint."""
+    kind = constraint["type"]
+    if kind == "word_limit":
+        return good + " word" * constraint["max_words"]
+    if kind == "lowercase":
+        return good.capitalize()
+    if kind == "required_word":
+        return good.replace(constraint["word"], "something")
+    if kind == "end_phrase":
+        return good + " More words."
+    if kind == "no_commas":
+        return good + ", and more"
+    if kind == "bullets":
+        return good + "\n- one more"
+    if kind == "json":
+        return "Here it is: " + good
+    raise AssertionError(kind)
+
+
+def test_every_shipped_check_is_satisfiable_and_each_constraint_falsifiable() -> None:
+    seen = set()
     for item in shipped("instruction_following"):
+        constraints = item["check"]["constraints"]
+        good = _satisfying(constraints)
+        assert check_instruction(good, item["check"]) is True, (item["id"], good)
         assert check_instruction("", item["check"]) is False
-        check_instruction("some answer", item["check"])  # raises on an unknown type
+        for constraint in constraints:
+            bad = _violating(constraint, good)
+            assert check_instruction(bad, {"constraints": [constraint]}) is False, (item["id"], bad)
+            assert check_instruction(bad, item["check"]) is False, (item["id"], bad)
+            seen.add(constraint["type"])
+    assert seen == {"word_limit", "lowercase", "required_word", "end_phrase", "no_commas", "bullets", "json"}
 
 
 # --- extract_number / numeric_match ----------------------------------------------------------

@@ -438,3 +438,47 @@ def test_retry_after_is_read_in_all_three_forms():
     assert retry_after_seconds({}) is None and retry_after_seconds({"retry-after": "soon"}) is None
     redact = Redactor(SECRET)
     assert redact.scrub({"a": [f"x {SECRET} y", "sk-proj-********abcd"]}) == {"a": ["x <redacted> y", "sk-<redacted>"]}
+
+
+# --------------------------------------------------------------------------- eval of the fine-tune
+
+
+def test_eval_scores_the_openai_fine_tune_through_chat_completions(project):
+    """The eval stage's openai provider against the same server: the candidate is the `ft:`
+    model the run recorded, the baseline its base model with the strong prompt; a 429 and a
+    dropped connection on chat completions are retried; the key is never written."""
+    chat = "POST /v1/chat/completions"
+    faults = FAST | {"faults": [{"route": chat, "nth": 2, "status": 429, "retry_after": 0.1},
+                                {"route": chat, "nth": 5, "drop": "before"}]}
+    with serve(faults) as server:
+        project.use(server)
+        assert project.train("--yes").exit_code == 0
+        cfg = project.ws.config(
+            train={"openai": {"poll_interval_s": 0.05}},
+            tracking={"uri": f"sqlite:///{project.tracking / 'mlflow.db'}",
+                      "artifact_location": str(project.tracking / "artifacts")},
+            eval={"bootstrap_resamples": 200, "suites": {"guard_limit": 5},
+                  "openai": {"concurrency": 4, "max_retries": 3, "timeout_s": 5}})
+        result = project.ws.run("eval", "--config", str(cfg))
+        answered = [r for r in server.state.requests if r["route"] == chat and r["status"] == 200]
+        faulted = [r for r in server.state.requests if r["route"] == chat and r.get("fault")]
+    # The fine-tune memorised its validation answers; the base model answers "I don't know"
+    # (the server's fallback) to everything: a clear, gate-passing win.
+    assert result.exit_code == 0, result.output
+    folder = next((project.root / "artifacts" / "evals").glob("eval-*"))
+    report = json.loads((folder / "report.json").read_text())
+    assert report["contenders"]["candidate"]["backend"] == "openai"
+    assert report["contenders"]["candidate"]["model"].startswith("ft:")
+    validation = report["suites"]["validation"]
+    assert validation["contenders"]["candidate"]["metrics"]["f1"]["mean"] == 1.0
+    assert validation["comparisons"]["baseline"]["f1"]["low"] > 0
+    assert validation["contenders"]["candidate"]["tokens"]["cost_per_1000_queries"] > 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    total = sum(s["items"] for s in manifest["suites"].values())
+    assert manifest["cache"]["candidate"]["generated"] + manifest["cache"]["candidate"]["cached"] == total
+    assert len(faulted) == 2  # both faults were met, and recovered: every prompt got its answer
+    assert len(answered) == 2 * total  # candidate and baseline, each prompt once (no champion)
+    for path in project.root.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in result.output

@@ -1,0 +1,139 @@
+"""Benchmark the eval stage's three speed claims, each against a reference measured in the
+same run.
+
+    python scripts/bench_eval.py                 # all three, on the newest split and run
+    python scripts/bench_eval.py --items 32 --only local
+
+1. Local generation, batched vs. sequential: the same prompts (validation items through the
+   fine-tune prompt) on the base model, greedy, one prompt per generate() call vs. refit's
+   length-sorted left-padded batches. Both produce the same text (checked). Target >= 4x.
+2. The openai provider against the local API server with a fixed latency per request: the
+   measured wall time vs. the ideal (requests x latency / concurrency). Target >= 90%.
+3. A warm-cache re-run of a whole eval (`--force`, every output in the cache) vs. the cold
+   run that filled the cache, both in this process. Target <= 5% of the cold time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+def bench_local(config, items: int, batch_size: int) -> None:
+    from evals.providers import HFModel
+    from evals.runner import Contender, load_run, render, _ideal_to_item
+    from pipelines.storage import iter_jsonl
+
+    run_path, manifest = load_run(config, None)
+    examples = list(iter_jsonl(Path(manifest["split"]["path"]) / "validation.jsonl"))[:items]
+    model = HFModel(config.model.base, None, config.eval.hf.dtype)
+    contender = Contender("baseline", "hf", "finetune", config.model.base)
+    prompts = [model.render(render(_ideal_to_item(e, config, "validation"), contender, config, [])) for e in examples]
+    model.load()
+    model.generate(prompts[:2], batch_size=2, max_new_tokens=8)  # warm-up
+    tokens = config.eval.max_new_tokens
+    t0 = time.perf_counter()
+    sequential = model.generate(prompts, batch_size=1, max_new_tokens=tokens)
+    t_seq = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    batched = model.generate(prompts, batch_size=batch_size, max_new_tokens=tokens)
+    t_bat = time.perf_counter() - t0
+    same = sum(a.text == b.text for a, b in zip(sequential, batched))
+    completion = sum(g.completion_tokens for g in batched)
+    print(f"local generation ({len(prompts)} prompts, {config.model.base}, {config.eval.hf.dtype}, "
+          f"max_new_tokens {tokens}, {completion} completion tokens):")
+    print(f"  sequential (batch 1):      {t_seq:7.1f}s  {len(prompts) / t_seq:6.2f} prompts/s")
+    print(f"  batched (batch {batch_size:<3}):      {t_bat:7.1f}s  {len(prompts) / t_bat:6.2f} prompts/s")
+    print(f"  speed-up {t_seq / t_bat:.2f}x (target >= 4x); identical outputs {same}/{len(prompts)}")
+
+
+def bench_openai(requests: int, latency: float, concurrency: int) -> None:
+    import json
+    import subprocess
+
+    from evals.providers import OpenAIModel
+
+    # The server runs in its own process, as a real one would: in this process its threads
+    # would compete with the client for the GIL.
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "server.json").write_text(json.dumps({"chat": {"latency_s": latency}}))
+        server = subprocess.Popen([sys.executable, str(REPO / "scripts" / "openai_server.py"), "--port", "0",
+                                   "--config", f"{tmp}/server.json", "--url-file", f"{tmp}/url"],
+                                  stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                if (Path(tmp) / "url").exists():
+                    break
+                time.sleep(0.05)
+            url = (Path(tmp) / "url").read_text().strip()
+            os.environ["REFIT_BENCH_KEY"] = "sk-bench-local"
+            model = OpenAIModel("gpt-4.1-mini-2025-04-14", base_url=url, api_key_env="REFIT_BENCH_KEY",
+                                concurrency=concurrency, timeout_s=30, max_retries=2)
+            prompts = [[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}] for i in range(requests)]
+            model.generate(prompts[:concurrency], max_new_tokens=16)  # warm-up: imports
+            t0 = time.perf_counter()
+            out = model.generate(prompts, max_new_tokens=16)
+            wall = time.perf_counter() - t0
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    ideal = requests * latency / concurrency
+    print(f"openai provider ({requests} requests, {latency * 1000:.0f} ms fixed latency, concurrency {concurrency}):")
+    print(f"  wall {wall:.2f}s vs ideal {ideal:.2f}s: {ideal / wall:.1%} of ideal throughput (target >= 90%); "
+          f"{len(out)} answers")
+
+
+def bench_cache(config, guard_limit: int) -> None:
+    from evals.runner import evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = {"eval": config.eval.model_copy(update={
+            "output_dir": f"{tmp}/evals", "cache": f"{tmp}/cache.sqlite", "champion": "none",
+            "suites": config.eval.suites.model_copy(update={"guard_limit": guard_limit})})}
+        cfg = config.model_copy(update=overrides)
+        t0 = time.perf_counter()
+        cold = evaluate(cfg, force=True)
+        t_cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        warm = evaluate(cfg, force=True)
+        t_warm = time.perf_counter() - t0
+    n = sum(s["n"] for s in cold.report["suites"].values())
+    print(f"eval cache ({n} items per contender, {len(cold.report['contenders'])} contenders, "
+          f"guard suites limited to {guard_limit}):")
+    print(f"  cold {t_cold:.1f}s, warm re-run {t_warm:.2f}s: {t_warm / t_cold:.1%} of cold (target <= 5%); "
+          f"same gate verdict: {cold.report['gate']['passed'] == warm.report['gate']['passed']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="pipelines/configs/default.yaml")
+    parser.add_argument("--items", type=int, default=32, help="prompts for the local benchmark")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--guard-limit", type=int, default=10, help="guard items in the cache benchmark")
+    parser.add_argument("--only", choices=["local", "openai", "cache"])
+    args = parser.parse_args()
+    from pipelines.config import load_config
+
+    config = load_config(args.config)
+    if args.only in (None, "openai"):
+        bench_openai(args.requests, args.latency, args.concurrency)
+    if args.only in (None, "local"):
+        bench_local(config, args.items, args.batch_size or config.eval.hf.batch_size)
+    if args.only in (None, "cache"):
+        bench_cache(config, args.guard_limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
