@@ -96,9 +96,10 @@ demo-openai: split
 test: setup
 	$(BIN)/python -m pytest -q
 
-bench: split
+bench: train
 	$(BIN)/python scripts/bench_curate.py
 	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_eval.py
 
 # Regenerate the shipped sample (it is committed; this is only needed to change it).
 sample: setup

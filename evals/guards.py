@@ -17,7 +17,15 @@ seed, and ships the result under `evals/suites/` (regenerate with `python -m eva
 Every item has the same keys: id, suite, kind, query, contexts, answers, answerable, check
 (the constraints for instruction_following, {} elsewhere) and label (the category results are
 broken down by). The difficulty is sized on SmolLM2-135M-Instruct so that a 135M model scores
-well above zero and a regression shows (scripts/calibrate_guards.py measures it).
+well above zero and a regression shows. scripts/calibrate_guards.py measures it; on a
+stratified slice (greedy, 96 new tokens) it scored: instruction_following 46% (bullets 6/6,
+json 4/6, required_word 4/6, no_commas 3/6, word_limit 2/6, end_phrase 2/6, combined 1/6,
+lowercase 0/6), arithmetic 30% (multiplication 6/8, addition 3/8, subtraction 2/8, two_step
+1/8, division 0/8), refusal: the gold answer in 16/20 answerable answers, and 0/20 refusals on
+unanswerable ones. The base model never refuses under the fine-tuning prompt, however plain
+the gap (not even for "What is the capital of France?" against an unrelated paragraph):
+refusing is the behaviour fine-tuning teaches, and the answerable half is what shows a model
+that starts refusing everything.
 
 Only the standard library is used, and `random.Random` seeded with a string: the same seed
 gives the same bytes on every platform and Python version refit supports.

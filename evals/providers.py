@@ -137,22 +137,88 @@ class HFModel:
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[Generation | None] = [None] * len(prompts)
         eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
             with torch.inference_mode():
-                out = self.load().generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                          temperature=None, top_p=None, top_k=None,
-                                          eos_token_id=eos, pad_token_id=pad)
-            new = out[:, batch["input_ids"].shape[1]:]
-            for row, tokens in zip(rows, new.tolist()):
-                if eos in tokens:
-                    tokens = tokens[:tokens.index(eos) + 1]
+                completions = self._greedy([encoded[i] for i in rows], max_new_tokens, eos)
+            for row, tokens in zip(rows, completions):
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 results[row] = Generation(text, len(encoded[row]), len(tokens))
             on_done(len(rows))
         return [r for r in results if r is not None]
+
+
+    # Prompts in a batch that share at least this many leading tokens (the same system
+    # prompt and few-shot examples) reuse one computation of that prefix.
+    MIN_SHARED_PREFIX = 32
+
+    def _prefix_states(self, prefix: list[int]) -> list[tuple[Any, Any]]:
+        """Keys and values of a shared prompt prefix, computed once and kept for the next
+        batch (consecutive batches of the same suite share it)."""
+        import torch
+        from transformers import DynamicCache
+
+        key = tuple(prefix)
+        if getattr(self, "_prefix_key", None) != key:
+            cache = DynamicCache(config=self.load().config)
+            ids = torch.tensor([prefix])
+            self.load()(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True,
+                        logits_to_keep=1)
+            self._prefix_key, self._prefix_kv = key, [(layer.keys, layer.values) for layer in cache.layers]
+        return self._prefix_kv
+
+    def _greedy(self, prompts: list[list[int]], max_new_tokens: int, eos: int) -> list[list[int]]:
+        """Greedy decoding of one batch with a KV cache.
+
+        - A prefix every prompt shares (the baseline's long instructions and few-shot
+          examples) is computed once, not once per prompt.
+        - The rest is left-padded; positions come from the attention mask, so padding never
+          shifts a row's positions and batch-mates never change its tokens.
+        - Each row leaves the batch (and the cache) as soon as it ends: a batch costs what its
+          answers cost, not max_new_tokens steps for every row.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        model = self.load()
+        shared = 0
+        shortest = min(len(p) for p in prompts)
+        while shared < shortest - 1 and all(p[shared] == prompts[0][shared] for p in prompts):
+            shared += 1
+        if shared < self.MIN_SHARED_PREFIX or len(prompts) == 1:
+            shared = 0
+        batch = len(prompts)
+        cache = DynamicCache(config=model.config)
+        if shared:
+            for index, (keys, values) in enumerate(self._prefix_states(prompts[0][:shared])):
+                cache.update(keys.expand(batch, -1, -1, -1).contiguous(),
+                             values.expand(batch, -1, -1, -1).contiguous(), index)
+        rest = [p[shared:] for p in prompts]
+        width = max(len(r) for r in rest)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest])
+        attention_mask = torch.tensor([[1] * shared + [0] * (width - len(r)) + [1] * len(r) for r in rest])
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        alive = torch.arange(batch)
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        for step in range(max_new_tokens):
+            tokens = logits[:, -1].argmax(-1)
+            for row, token in zip(alive.tolist(), tokens.tolist()):
+                outputs[row].append(token)
+            keep = (tokens != eos).nonzero().squeeze(1)
+            if keep.numel() == 0 or step == max_new_tokens - 1:
+                break
+            if keep.numel() < alive.numel():
+                alive, tokens, attention_mask = alive[keep], tokens[keep], attention_mask[keep]
+                for layer in cache.layers:
+                    layer.batch_select_indices(keep)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
+            positions = attention_mask.sum(-1, keepdim=True) - 1
+            logits = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True).logits
+        return outputs
 
 
 # --------------------------------------------------------------------------- openai

@@ -28,31 +28,50 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def bench_local(config, items: int, batch_size: int) -> None:
+    import orjson
+    import torch
+
     from evals.providers import HFModel
-    from evals.runner import Contender, load_run, render, _ideal_to_item
+    from evals.runner import Contender, _ideal_to_item, load_run, render
     from pipelines.storage import iter_jsonl
 
     run_path, manifest = load_run(config, None)
-    examples = list(iter_jsonl(Path(manifest["split"]["path"]) / "validation.jsonl"))[:items]
-    model = HFModel(config.model.base, None, config.eval.hf.dtype)
-    contender = Contender("baseline", "hf", "finetune", config.model.base)
-    prompts = [model.render(render(_ideal_to_item(e, config, "validation"), contender, config, [])) for e in examples]
-    model.load()
-    model.generate(prompts[:2], batch_size=2, max_new_tokens=8)  # warm-up
+    split = Path(manifest["split"]["path"])
+    shots = orjson.loads((split / "baseline_prompt.json").read_bytes())["few_shot"]
+    examples = list(iter_jsonl(split / "validation.jsonl"))[:items]
+    model = HFModel(config.model.base, run_path / manifest["adapter"]["path"], config.eval.hf.dtype)
+    tok = model.tokenizer
     tokens = config.eval.max_new_tokens
-    t0 = time.perf_counter()
-    sequential = model.generate(prompts, batch_size=1, max_new_tokens=tokens)
-    t_seq = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    batched = model.generate(prompts, batch_size=batch_size, max_new_tokens=tokens)
-    t_bat = time.perf_counter() - t0
-    same = sum(a.text == b.text for a, b in zip(sequential, batched))
-    completion = sum(g.completion_tokens for g in batched)
-    print(f"local generation ({len(prompts)} prompts, {config.model.base}, {config.eval.hf.dtype}, "
-          f"max_new_tokens {tokens}, {completion} completion tokens):")
-    print(f"  sequential (batch 1):      {t_seq:7.1f}s  {len(prompts) / t_seq:6.2f} prompts/s")
-    print(f"  batched (batch {batch_size:<3}):      {t_bat:7.1f}s  {len(prompts) / t_bat:6.2f} prompts/s")
-    print(f"  speed-up {t_seq / t_bat:.2f}x (target >= 4x); identical outputs {same}/{len(prompts)}")
+    print(f"local generation ({len(examples)} validation prompts, {config.model.base} + adapter, "
+          f"{config.eval.hf.dtype}, greedy, max_new_tokens {tokens}):")
+    for style in ("finetune", "baseline"):
+        contender = Contender(style, "hf", style, config.model.base)
+        prompts = [model.render(render(_ideal_to_item(e, config, "validation"), contender, config, shots))
+                   for e in examples]
+        model.load()
+        # The reference: transformers' generate, one prompt per call.
+        t0 = time.perf_counter()
+        sequential = []
+        for prompt in prompts:
+            ids = tok(prompt, add_special_tokens=False, return_tensors="pt")
+            with torch.inference_mode():
+                out = model.model.generate(**ids, max_new_tokens=tokens, do_sample=False, temperature=None,
+                                           top_p=None, top_k=None, eos_token_id=tok.eos_token_id,
+                                           pad_token_id=tok.pad_token_id)
+            sequential.append(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        t_seq = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batched = model.generate(prompts, batch_size=batch_size, max_new_tokens=tokens)
+        t_bat = time.perf_counter() - t0
+        same = sum(a == b.text for a, b in zip(sequential, batched))
+        mean_prompt = sum(g.prompt_tokens for g in batched) / len(batched)
+        mean_completion = sum(g.completion_tokens for g in batched) / len(batched)
+        print(f"  {style} prompt ({mean_prompt:.0f} prompt / {mean_completion:.0f} completion tokens per query):")
+        print(f"    sequential (transformers generate, 1 prompt per call): {t_seq:7.1f}s  "
+              f"{len(prompts) / t_seq:5.2f} prompts/s")
+        print(f"    refit batched (batch {batch_size}):                      {t_bat:7.1f}s  "
+              f"{len(prompts) / t_bat:5.2f} prompts/s")
+        print(f"    speed-up {t_seq / t_bat:.2f}x (target >= 4x); identical outputs {same}/{len(prompts)}")
 
 
 def bench_openai(requests: int, latency: float, concurrency: int) -> None:

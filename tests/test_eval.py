@@ -119,27 +119,63 @@ def test_rerun_is_a_no_op_and_the_cache_serves_a_forced_rerun(project, tiny_mode
     assert manifest["cache"]["candidate"]["cached"] == 0
 
 
-def test_greedy_predictions_do_not_depend_on_the_batch_size(tmp_path, tiny_tokenizer_dir):
+@pytest.fixture(scope="module")
+def wandering_model(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny Llama with wider initial weights than the shared one, so greedy decoding
+    wanders through the vocabulary instead of repeating one token: a real test of padding,
+    prefix sharing and early exit."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from evals.providers import HFModel
 
-    # Wider initial weights than the shared tiny model, so greedy decoding wanders through
-    # the vocabulary instead of repeating one token: a real test of the padding.
+    target = tmp_path_factory.mktemp("wandering")
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
     torch.manual_seed(1)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    model = HFModel(str(tmp_path), None)
-    prompts = [model.render([{"role": "user", "content": "How do I reset my password? " * k}]) for k in range(1, 8)]
-    outputs = {size: [g.text for g in model.generate(prompts, batch_size=size, max_new_tokens=12)] for size in (1, 3, 8)}
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return HFModel(str(target), None)
+
+
+def prompts_for(model, shared_system: bool):
+    system = [{"role": "system", "content": "Refunds are available within 30 days of purchase. " * 4}] if shared_system else []
+    return [model.render(system + [{"role": "user", "content": "How do I reset my password? " * k}]) for k in range(1, 8)]
+
+
+@pytest.mark.parametrize("shared_system", [False, True])
+def test_greedy_predictions_do_not_depend_on_the_batch_size(wandering_model, shared_system):
+    prompts = prompts_for(wandering_model, shared_system)
+    outputs = {size: [g.text for g in wandering_model.generate(prompts, batch_size=size, max_new_tokens=12)]
+               for size in (1, 3, 8)}
     assert outputs[1] == outputs[3] == outputs[8]
     assert len(set(outputs[1])) > 1  # not a degenerate constant output
+
+
+@pytest.mark.parametrize("shared_system", [False, True])
+def test_decoding_matches_transformers_generate(wandering_model, shared_system):
+    """The decoding loop (shared prefix computed once, rows leaving the batch when they end)
+    gives exactly what transformers' own greedy generate gives."""
+    import torch
+
+    model = wandering_model
+    prompts = prompts_for(model, shared_system)
+    encoded = [model.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if shared_system:  # the prefix path is taken
+        assert sum(1 for a, b in zip(encoded[0], encoded[-1]) if a == b) >= model.MIN_SHARED_PREFIX
+    ours = [g.text for g in model.generate(prompts, batch_size=8, max_new_tokens=12)]
+    tok = model.tokenizer
+    reference = []
+    for ids in encoded:  # one prompt at a time: no padding at all in the reference
+        with torch.inference_mode():
+            out = model.load().generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                        max_new_tokens=12, do_sample=False, temperature=None, top_p=None, top_k=None,
+                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        reference.append(tok.decode(out[0, len(ids):], skip_special_tokens=True).strip())
+    assert ours == reference
 
 
 def test_errors_exit_1_with_a_clear_message(workspace, tiny_model_dir):
