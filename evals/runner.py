@@ -517,11 +517,12 @@ def evaluate(config: PipelineConfig, *, force: bool = False, progress: Progress 
         }
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     set_latest(out_root, eval_id)
-    _track(config, run_manifest, report, final)
+    _track(config, run_manifest, report, final, log)
     return EvalResult(eval_id, final, report, skipped=False)
 
 
-def _track(config: PipelineConfig, run_manifest: dict[str, Any], report: dict[str, Any], folder: Path) -> None:
+def _track(config: PipelineConfig, run_manifest: dict[str, Any], report: dict[str, Any], folder: Path,
+           log: Callable[[str], None]) -> None:
     """The eval's numbers on the candidate's MLflow run, next to its training curves."""
     run = (run_manifest.get("mlflow") or {}).get("run_id")
     if not run:
@@ -537,7 +538,15 @@ def _track(config: PipelineConfig, run_manifest: dict[str, Any], report: dict[st
         for name, m in entry["contenders"]["candidate"]["metrics"].items():
             if m["mean"] is not None:
                 values[f"eval.{suite}.{name}"] = m["mean"]
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient()
+    try:
+        client.get_run(run)
+    except MlflowException:
+        # A run folder copied from another machine: its MLflow run lives in another store.
+        log(f"  note: the run's MLflow run {run} is not in {tracking.tracking_uri(config)}; eval not tracked there")
+        return
     mlflow.log_metrics(values, run_id=run)
     client.set_tag(run, "refit.eval_id", report["id"])
     client.set_tag(run, "refit.gate", "passed" if report["gate"]["passed"] else "failed")

@@ -434,9 +434,16 @@ class EvalProgress:
                             TimeElapsedColumn(), console=console, disable=not console.is_terminal)
         self.bar.start()
         self.task = self.bar.add_task(label, total=total)
+        self.label, self.total, self.done, self.tenth, self.started = label, total, 0, 0, time.perf_counter()
 
     def advance(self, n: int) -> None:
         self.bar.update(self.task, advance=n)
+        self.done += n
+        if not console.is_terminal and int(10 * self.done / max(self.total, 1)) > self.tenth:
+            # Off a terminal (make, cron, CI logs): a line every tenth instead of a bar.
+            self.tenth = int(10 * self.done / max(self.total, 1))
+            console.print(f"  {self.label}: {self.done}/{self.total} ({time.perf_counter() - self.started:.0f}s)",
+                          highlight=False)
 
     def stop(self) -> None:
         if self.bar is not None:

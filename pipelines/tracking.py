@@ -14,15 +14,15 @@ from pathlib import Path
 from pipelines.config import PipelineConfig
 
 
-# What we last handed to MLflow. MLflow 3 copies it into MLFLOW_TRACKING_URI, so without
-# this a second pipeline in the same process would read the first one's store back as if
-# the user had set it.
-_set_by_refit: str | None = None
+# Every URI refit has handed to MLflow. MLflow 3 copies it into MLFLOW_TRACKING_URI, so
+# without this a second pipeline in the same process would read the first one's store back
+# as if the user had set it (also after something restores an older value of the variable).
+_set_by_refit: set[str] = set()
 
 
 def tracking_uri(config: PipelineConfig) -> str:
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = from_env if from_env and from_env != _set_by_refit else config.tracking.uri
+    uri = from_env if from_env and from_env not in _set_by_refit else config.tracking.uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # A relative SQLite path is relative to where refit runs; make it absolute so the
         # same URI means the same file from every process (and from `accelerate launch`).
@@ -43,10 +43,10 @@ def setup(config: PipelineConfig) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    global _set_by_refit
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
-    _set_by_refit = tracking_uri(config)
-    mlflow.set_tracking_uri(_set_by_refit)
+    uri = tracking_uri(config)
+    _set_by_refit.add(uri)
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     name = experiment_name(config)
     experiment = client.get_experiment_by_name(name)
