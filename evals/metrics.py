@@ -218,17 +218,23 @@ def paired_bootstrap(candidate: Sequence[float | None], other: Sequence[float | 
     n = int(deltas.size)
     if n == 0:
         return {"n": 0, "delta": None, "low": None, "high": None, "conclusion": "no paired examples"}
+    low, high = bootstrap_interval(deltas, resamples=resamples, seed=seed, confidence=confidence)
+    delta = float(deltas.mean())
+    return {"n": n, "delta": delta, "low": low, "high": high, "conclusion": conclusion(delta, low, high, n, confidence)}
+
+
+def bootstrap_interval(values: np.ndarray, *, resamples: int, seed: int, confidence: float) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (non-empty)."""
+    n = int(values.size)
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     chunk = max(1, 4_000_000 // n)  # bounded memory for large suites
     for start in range(0, resamples, chunk):
         stop = min(resamples, start + chunk)
-        means[start:stop] = deltas[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
     alpha = 1.0 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    delta = float(deltas.mean())
-    return {"n": n, "delta": delta, "low": float(low), "high": float(high),
-            "conclusion": conclusion(delta, float(low), float(high), n, confidence)}
+    return float(low), float(high)
 
 
 def conclusion(delta: float, low: float, high: float, n: int, confidence: float) -> str:

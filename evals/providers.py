@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from pipelines.storage import file_sha256
+
 
 class ProviderError(RuntimeError):
     """A model that cannot be loaded or a server that keeps failing."""
@@ -77,14 +79,6 @@ class GenerationCache:
 # --------------------------------------------------------------------------- hf
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class HFModel:
     """A base model, optionally with a PEFT adapter merged in, generating greedily in
     batches with left padding (the prompt's last token is every row's last column).
@@ -106,7 +100,7 @@ class HFModel:
         self.model: Any = None
         self.key = f"hf:{base_model_id(base)}:{dtype}"
         if adapter is not None:
-            self.key += f":adapter={_sha256_file(Path(adapter) / 'adapter_model.safetensors')[:16]}"
+            self.key += f":adapter={file_sha256(Path(adapter) / 'adapter_model.safetensors')[:16]}"
 
     def load(self) -> Any:
         if self.model is None:

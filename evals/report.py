@@ -12,9 +12,8 @@ from typing import Any
 from pipelines.config import PipelineConfig
 
 COLOURS = {"candidate": "#2563eb", "baseline": "#9ca3af", "champion": "#f59e0b"}
-BAR_METRICS = ["f1", "exact_match", "format_valid", "refusal_accuracy", "false_refusal", "citation_valid",
-               "groundedness", "accuracy"]
-TABLE_METRICS = ["f1", "exact_match", "format_valid", "refusal_accuracy", "false_refusal", "citation_valid",
+# The metrics drawn as bars and listed in the comparison tables.
+SHOWN_METRICS = ["f1", "exact_match", "format_valid", "refusal_accuracy", "false_refusal", "citation_valid",
                  "groundedness", "accuracy"]
 
 CSS = """
@@ -42,7 +41,7 @@ def _num(x: float | None, signed: bool = False) -> str:
 def metric_bars(suite: dict[str, Any]) -> str:
     """Grouped horizontal bars, one group per metric, one bar per contender, with the 95%
     bootstrap interval of each mean as a whisker."""
-    names = [m for m in BAR_METRICS if any(
+    names = [m for m in SHOWN_METRICS if any(
         (c["metrics"].get(m) or {}).get("mean") is not None for c in suite["contenders"].values())]
     contenders = list(suite["contenders"])
     row_h, label_w, plot_w = 14, 150, 520
@@ -124,7 +123,7 @@ def write_html(report: dict[str, Any], suites: list[Any], generations: dict[str,
             out.append(f"<table><tr><th>metric</th><th>vs</th><th>delta (candidate - other)</th><th>{conf} CI</th>"
                        "<th>n</th><th>conclusion</th></tr>")
             for other, by_metric in suite["comparisons"].items():
-                for name in TABLE_METRICS:
+                for name in SHOWN_METRICS:
                     cmp = by_metric.get(name)
                     if not cmp or cmp["n"] == 0:
                         continue
@@ -135,7 +134,7 @@ def write_html(report: dict[str, Any], suites: list[Any], generations: dict[str,
         labels = suite["contenders"]["candidate"]["labels"]
         if len(labels) > 1:
             metric = suite["primary_metric"]
-            out.append(f"<table><tr><th>label</th><th>n</th>" + "".join(
+            out.append("<table><tr><th>label</th><th>n</th>" + "".join(
                 f"<th>{_e(c)} {_e(metric)}</th>" for c in suite["contenders"]) + "<th>candidate format_valid</th></tr>")
             for label, row in labels.items():
                 cells = "".join(f"<td class='num'>{_num(suite['contenders'][c]['labels'][label].get(metric))}</td>"

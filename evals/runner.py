@@ -339,10 +339,8 @@ def _mean_interval(values: list[float], resamples: int, seed: int, confidence: f
     if not values:
         return {"mean": None, "n": 0, "low": None, "high": None}
     data = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
-    return {"mean": float(data.mean()), "n": int(data.size), "low": float(low), "high": float(high)}
+    low, high = M.bootstrap_interval(data, resamples=resamples, seed=seed, confidence=confidence)
+    return {"mean": float(data.mean()), "n": int(data.size), "low": low, "high": high}
 
 
 def summarise(suite: Suite, scores: list[dict[str, float | None]], generations: list[Any], price: PriceConfig,

@@ -131,7 +131,7 @@ def test_citation_validity(text, valid):
 
 def test_groundedness_is_the_share_of_answer_words_in_the_documents():
     full = M.parse_output(out("Refunds within 30 days of purchase."), "json", IDK)
-    half = M.parse_output(out("Refunds within 90 weeks."), "json", IDK)  # refunds, 90, weeks: 1 of 3 ... plus 'within'
+    half = M.parse_output(out("Refunds within 90 weeks."), "json", IDK)
     assert M.groundedness(full, DOCS) == 1.0
     # content words: refunds, within, 90, weeks ("within" is not a stopword here): 2 of 4 found
     assert M.groundedness(half, DOCS) == pytest.approx(0.5)
