@@ -1,0 +1,121 @@
+"""The skeleton every stage shares: its id, "already done?", the base manifest and the atomic
+commit.
+
+A stage's id is a hash of everything its output depends on (inputs, the config sections it
+reads, the code), so running it again on the same inputs is a no-op that prints the existing
+id. Its output is a folder that appears only when whole: it is built in a hidden sibling and
+renamed into place. A `--force` rebuild keeps the old folder until the new one is complete,
+then swaps them, so a crash or a kill mid-rebuild leaves the old output as it was.
+
+Usage, in every stage:
+
+    stage = Stage.identify("split", "spl", Path(cfg.output_dir), key_payload)
+    if not force and (done := stage.finished()) is not None:
+        return done                            # the manifest of the finished output
+    with stage.commit() as tmp:                # tmp: the folder to write into
+        ...
+        manifest = stage.base_manifest(config, ("split", "model")) | {...}
+        (tmp / "manifest.json").write_bytes(dumps(manifest))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from pipelines.storage import code_version, set_latest
+
+if TYPE_CHECKING:
+    from pipelines.config import PipelineConfig
+
+
+def content_key(payload: Any) -> str:
+    """The sha256 of a JSON value with sorted keys: the same inputs give the same key."""
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage output: `<root>/<id>/`, with `manifest.json` written last."""
+
+    name: str
+    ident: str
+    root: Path
+
+    @classmethod
+    def identify(cls, name: str, prefix: str, root: Path, key_payload: Any, *, length: int = 12) -> Stage:
+        return cls(name, f"{prefix}-{content_key(key_payload)[:length]}", Path(root))
+
+    @property
+    def final(self) -> Path:
+        return self.root / self.ident
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.final / "manifest.json"
+
+    def finished(self) -> dict[str, Any] | None:
+        """The manifest of a finished output with this id (and LATEST pointed at it), or None."""
+        if not self.manifest_path.exists():
+            return None
+        manifest = orjson.loads(self.manifest_path.read_bytes())
+        self.mark_latest()
+        return manifest
+
+    def mark_latest(self) -> None:
+        set_latest(self.root, self.ident)
+
+    def base_manifest(self, config: PipelineConfig | None, sections: Sequence[str] = (),
+                      **extra: Any) -> dict[str, Any]:
+        """The keys every manifest opens with."""
+        manifest: dict[str, Any] = {"stage": self.name, "id": self.ident, "created_at": utc_now(),
+                                    "code_version": code_version()}
+        if config is not None:
+            if sections:
+                manifest["config_hash"] = config.section_hash(*sections)
+            manifest["pipeline"] = config.name
+        return manifest | extra
+
+    @contextlib.contextmanager
+    def commit(self, *, latest: bool = True) -> Iterator[Path]:
+        """Yield a temporary folder; when the block succeeds it replaces the output (keeping
+        the old one until the swap), and LATEST points at it. On failure nothing changes."""
+        with atomic_replace(self.final) as tmp:
+            yield tmp
+        if latest:
+            self.mark_latest()
+
+
+@contextlib.contextmanager
+def atomic_replace(final: Path) -> Iterator[Path]:
+    """Like `storage.atomic_dir`, but an existing `final` is replaced, not kept: it is renamed
+    aside only once the new folder is complete, then removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".old-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        os.rename(final, old)
+    except FileNotFoundError:
+        old = None
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
