@@ -122,7 +122,8 @@ def split(
     """Split a curated dataset into train / validation, carry the frozen regression set
     forward, export and validate OpenAI chat files."""
     from pipelines.openai_format import FormatError
-    from pipelines.split import SplitError, split as run_split
+    from pipelines.split import SplitError
+    from pipelines.split import split as run_split
 
     cfg = _load(config)
     if dataset:
@@ -397,7 +398,8 @@ def train(
         console.print("[red]error:[/red] --cancel applies to the openai backend (a LoRA run stops with Ctrl-C "
                       "and resumes from its last checkpoint)", highlight=False)
         raise typer.Exit(EXIT_ERROR)
-    from pipelines.train import TrainError, train as run_train
+    from pipelines.train import TrainError
+    from pipelines.train import train as run_train
 
     try:
         result = run_train(cfg, force=force, restart=not resume, progress=TrainProgress())

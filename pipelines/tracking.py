@@ -13,7 +13,6 @@ from pathlib import Path
 
 from pipelines.config import PipelineConfig
 
-
 # Every URI refit has handed to MLflow. MLflow 3 copies it into MLFLOW_TRACKING_URI, so
 # without this a second pipeline in the same process would read the first one's store back
 # as if the user had set it (also after something restores an older value of the variable).

@@ -321,9 +321,8 @@ def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callback
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
-    from trl import SFTConfig
-
     from transformers.utils import logging as hf_logging
+    from trl import SFTConfig
 
     hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars in a stage's output
     cfg = config.train

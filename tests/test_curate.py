@@ -8,10 +8,9 @@ import json
 import random
 import shutil
 
+from conftest import EXPORT, REFUND, TEAM, answer, ctx, read_jsonl, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import EXPORT, REFUND, TEAM, answer, ctx, read_jsonl, record
 
 GOOD = answer("Refunds are available within 30 days of purchase [refund-policy].", "refund-policy")
 IDK = answer("I don't know based on the provided documents.")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import rag_logs, read_jsonl
 
 FAST_EVAL = {"max_new_tokens": 6, "bootstrap_resamples": 200, "hf": {"batch_size": 8},

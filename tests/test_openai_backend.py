@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO, Workspace, rag_logs, read_jsonl
 
 sys.path.insert(0, str(REPO / "scripts"))

@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import PASSING_GATE, copy_project, read_jsonl, tiny_pipeline_config
 
 

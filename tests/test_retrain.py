@@ -17,7 +17,6 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from conftest import PASSING_GATE, Workspace, copy_project, rag_logs, read_jsonl, tiny_pipeline_config
 
 
@@ -243,7 +242,6 @@ def test_errors_exit_1_and_bad_config_exits_2(workspace, tiny_model_dir):
 
 def test_schedule_recipes_run_make_retrain_and_keep_refit_exit_codes(tmp_path):
     import yaml
-
     from conftest import REPO
 
     scripts = REPO / "scripts"

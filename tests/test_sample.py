@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, read_jsonl
 
 SAMPLES = REPO / "datasets" / "samples"

@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import BEHAVIOUR_LABELS, NOUNS, VERBS, rag_logs, read_jsonl, record
 
 LABELS = BEHAVIOUR_LABELS

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import rag_logs, read_jsonl
 
 
@@ -68,9 +67,9 @@ def test_label_mask_covers_exactly_the_assistant_tokens(split_ready):
 
 
 def test_a_template_that_hides_the_answer_fails_loudly(split_ready, tmp_path):
+    from conftest import build_tiny_model
     from transformers import AutoTokenizer
 
-    from conftest import build_tiny_model
     from pipelines.train import TrainError
 
     ws, _ = split_ready
