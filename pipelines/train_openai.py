@@ -421,22 +421,22 @@ def write_run(config: PipelineConfig, run: Run, state: dict[str, Any], job: dict
         results = download_results(api, job, tmp)
         (tmp / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in follower.events))
         plot_curves(points, follower.checkpoints, tmp / "curves.png", f"refit OpenAI fine-tune ({job['id']})")
-        manifest = run.stage.base_manifest(
-            config, backend="openai", config_hash=run_key(run.split_manifest, config.train.openai, run.endpoint),
-            split={"id": run.split_manifest["id"], "path": str(run.split_path)},
-            dataset=run.split_manifest["dataset"],
-            base_model={"name": config.train.openai.model, "provider": "openai"},
-            config=config.train.model_dump(mode="json"),
-            openai=job_record(config.train.openai, run.endpoint, state, job, follower, results),
-            losses=losses(points, follower.checkpoints),
-            steps={"total": points[-1].get("total_steps") if points else None,
-                   "done": int(points[-1]["step"]) if points else None},
-            tokens={"trained": job.get("trained_tokens"),
-                    "estimated_billed": (state.get("estimate") or {}).get("billed_tokens")},
-            timings={"job_s": (job["finished_at"] - job["created_at"]) if job.get("finished_at") else None,
-                     "followed_s": round(time.perf_counter() - started, 1)},
-            mlflow={"run_id": follower.mlflow_run, "experiment": tracking.experiment_name(config)},
-        )
+        key = run_key(run.split_manifest, config.train.openai, run.endpoint)
+        manifest = run.stage.base_manifest(config, backend="openai", config_hash=key) | {
+            "split": {"id": run.split_manifest["id"], "path": str(run.split_path)},
+            "dataset": run.split_manifest["dataset"],
+            "base_model": {"name": config.train.openai.model, "provider": "openai"},
+            "config": config.train.model_dump(mode="json"),
+            "openai": job_record(config.train.openai, run.endpoint, state, job, follower, results),
+            "losses": losses(points, follower.checkpoints),
+            "steps": {"total": points[-1].get("total_steps") if points else None,
+                      "done": int(points[-1]["step"]) if points else None},
+            "tokens": {"trained": job.get("trained_tokens"),
+                       "estimated_billed": (state.get("estimate") or {}).get("billed_tokens")},
+            "timings": {"job_s": (job["finished_at"] - job["created_at"]) if job.get("finished_at") else None,
+                        "followed_s": round(time.perf_counter() - started, 1)},
+            "mlflow": {"run_id": follower.mlflow_run, "experiment": tracking.experiment_name(config)},
+        }
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     return manifest
 
