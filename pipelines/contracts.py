@@ -10,10 +10,10 @@ fields other code reads; everything else a stage records is kept as written
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 
 class ContractError(ValueError):
@@ -51,10 +51,56 @@ class SplitManifest(Manifest):
     openai: dict[str, Any]
 
 
+class RunSplitRef(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    path: str
+
+
+class AdapterRef(BaseModel):
+    """A LoRA run's adapter folder (PEFT format), relative to the run folder."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str
+    trainable_parameters: int
+
+
+class OpenAIJobRef(BaseModel):
+    """An OpenAI run's job and the model it made: what eval calls and promote registers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fine_tuned_model: str
+    model: str
+    job_id: str
+    base_url: str | None = None
+    hyperparameters: dict[str, Any] = {}
+
+
 class RunManifest(Manifest):
-    backend: str
-    split: dict[str, Any]
+    """A train run: `adapter` for the lora backend, `openai` for the openai one."""
+
+    backend: Literal["lora", "openai"]
+    config_hash: str
+    split: RunSplitRef
     dataset: IdRef
+    base_model: dict[str, Any]
+    config: dict[str, Any]
+    losses: dict[str, Any]
+    steps: dict[str, Any]
+    mlflow: dict[str, Any]
+    adapter: AdapterRef | None = None
+    openai: OpenAIJobRef | None = None
+
+    @model_validator(mode="after")
+    def _backend_output(self) -> RunManifest:
+        if self.backend == "lora" and self.adapter is None:
+            raise ValueError("adapter is missing (a lora run has one)")
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("openai is missing (an openai run records its job there)")
+        return self
 
 
 class EvalManifest(Manifest):

@@ -29,40 +29,49 @@ Read top to bottom, the recipe is:
 
 The API key is read from the environment variable named by `train.openai.api_key_env`. It is
 never written anywhere, and every message built from an API error is scrubbed of it.
+
+The pieces: `pipelines.openai_api` (the endpoint, the key and its redaction, the client with
+its retry policy) and `pipelines.openai_job` (the work folder's record of the job; upload,
+create, follow, result files). This module is the recipe that strings them together.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import email.utils
-import hashlib
-import math
-import os
-import random
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, NoReturn
 
 import orjson
 
+from pipelines import tracking
 from pipelines.config import OpenAITrainConfig, PipelineConfig
+from pipelines.contracts import RunManifest, read_manifest
+from pipelines.openai_api import Api, ApiFailure, Endpoint, read_api_key, resolve_endpoint
+from pipelines.openai_api import Redactor as Redactor  # re-exported: imported from here by tests
+from pipelines.openai_api import retry_after_seconds as retry_after_seconds  # re-exported, likewise
 from pipelines.openai_format import FormatError, default_epochs, require_valid
-from pipelines.storage import atomic_dir, code_version, dumps, file_sha256, set_latest, write_bytes_atomic
-from pipelines.train import TrainError, TrainResult, resolve_split
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-ACTIVE = ("validating_files", "queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
-FILES = {"train": "train.openai.jsonl", "validation": "validation.openai.jsonl"}
-STATE = "openai_state.json"
-EVENTS = "events.jsonl"
+from pipelines.openai_job import (
+    ACTIVE,
+    EVENTS,
+    FILES,
+    STATE,
+    Follower,
+    create_job,
+    download_results,
+    find_job,
+    load_state,
+    metric_points,
+    record_job,
+    run_lock,
+    save_state,
+    upload_files,
+)
+from pipelines.stage import Stage, content_key
+from pipelines.storage import dumps, file_sha256
+from pipelines.train import TrainError, TrainResult, read_split
 
 
 class Detached(KeyboardInterrupt):
@@ -89,244 +98,56 @@ Confirm = Callable[[dict[str, Any]], bool]
 # --------------------------------------------------------------------------- 1. identity
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    base_url: str              # as recorded: no credentials, query or fragment
-    organization: str | None
-    project: str | None
-
-
-def resolve_endpoint(cfg: OpenAITrainConfig) -> Endpoint:
-    raw = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TrainError(f"train.openai.base_url: {_safe_url(raw)!r} is not an http(s) URL")
-    return Endpoint(_safe_url(raw),
-                    cfg.organization or os.environ.get("OPENAI_ORG_ID") or None,
-                    cfg.project or os.environ.get("OPENAI_PROJECT_ID") or None)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user:password@, query or fragment (nothing secret gets recorded)."""
-    parts = urlsplit(url.strip())
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
-
-
 def job_settings(cfg: OpenAITrainConfig) -> dict[str, Any]:
     """The settings that define the job (and so the run id)."""
     return {"model": cfg.model, "n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
             "learning_rate_multiplier": cfg.learning_rate_multiplier, "suffix": cfg.suffix, "seed": cfg.seed}
 
 
-def run_key(split_manifest: dict[str, Any], cfg: OpenAITrainConfig, endpoint: Endpoint) -> str:
-    payload = orjson.dumps({
+def run_key_payload(split_manifest: dict[str, Any], cfg: OpenAITrainConfig, endpoint: Endpoint) -> dict[str, Any]:
+    """What defines the job. No code version on purpose: upgrading refit while a job runs must
+    re-attach to it, never pay for a second one."""
+    return {
         "backend": "openai",
         "split": split_manifest["id"],
         "split_files": {name: split_manifest["files"].get(name) for name in FILES.values()},
         "job": job_settings(cfg),
         "endpoint": {"base_url": endpoint.base_url, "organization": endpoint.organization, "project": endpoint.project},
-    }, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(payload).hexdigest()
+    }
 
 
-# --------------------------------------------------------------------------- secrets
+def run_key(split_manifest: dict[str, Any], cfg: OpenAITrainConfig, endpoint: Endpoint) -> str:
+    return content_key(run_key_payload(split_manifest, cfg, endpoint))
 
 
-class Redactor:
-    """Scrubs the API key (and anything shaped like an OpenAI key, such as the masked echo
-    in a 401) out of every message that might be shown or written."""
+@dataclass
+class Run:
+    """Where a run lives and what identifies it."""
 
-    KEY_SHAPE = re.compile(r"\bsk-[A-Za-z0-9*_\-]{6,}")
+    split_path: Path
+    split_manifest: dict[str, Any]
+    endpoint: Endpoint
+    stage: Stage
 
-    def __init__(self, *secrets: str):
-        self.secrets = [s for s in secrets if s]
+    @property
+    def run_id(self) -> str:
+        return self.stage.ident
 
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return self.KEY_SHAPE.sub("sk-<redacted>", text)
+    @property
+    def final(self) -> Path:
+        return self.stage.final
 
-    def scrub(self, obj: Any) -> Any:
-        """The same, through every string of an API object (events and errors echo text)."""
-        if isinstance(obj, str):
-            return self(obj)
-        if isinstance(obj, dict):
-            return {k: self.scrub(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [self.scrub(v) for v in obj]
-        return obj
+    @property
+    def work(self) -> Path:
+        return self.stage.root / f".work-{self.stage.ident}"
 
 
-def read_api_key(cfg: OpenAITrainConfig) -> str:
-    key = os.environ.get(cfg.api_key_env, "").strip()
-    if not key:
-        raise TrainError(f"no API key: set the environment variable {cfg.api_key_env} "
-                         "(train.openai.api_key_env names it; the key never goes in a config file)")
-    return key
-
-
-# --------------------------------------------------------------------------- the API, with retries
-
-
-class ApiFailure(TrainError):
-    """A request that failed for good; `status` is the HTTP status (None: no answer)."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
-def retry_after_seconds(headers: Any) -> float | None:
-    """Retry-After as the API sends it: retry-after-ms, or Retry-After in seconds or as a date."""
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(value) / 1000)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        return max(0.0, email.utils.mktime_tz(parsed) - time.time()) if parsed else None
-
-
-class Api:
-    """The SDK client (its own retries off) behind one retry policy that we can see and test:
-    transient failures wait (Retry-After when the server gives one, else exponential backoff
-    with jitter) and try again; permanent ones raise ApiFailure with the API's message."""
-
-    def __init__(self, cfg: OpenAITrainConfig, endpoint: Endpoint, api_key: str, progress: Progress,
-                 sleep: Callable[[float], None] = time.sleep):
-        import httpx2
-        import openai
-
-        self.cfg, self.endpoint, self.progress, self.sleep = cfg, endpoint, progress, sleep
-        self.redact = Redactor(api_key)
-        base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self.client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, organization=endpoint.organization, project=endpoint.project,
-            max_retries=0, timeout=httpx2.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s))
-
-    def transient(self, exc: Exception) -> tuple[bool, float | None, str]:
-        """(retry?, the server's Retry-After, a short reason)."""
-        import openai
-
-        if isinstance(exc, openai.APITimeoutError):
-            return True, None, f"no answer within {self.cfg.request_timeout_s:g}s"
-        if isinstance(exc, openai.APIConnectionError):
-            return True, None, "connection failed or dropped"
-        if isinstance(exc, openai.APIStatusError):
-            body = exc.body if isinstance(exc.body, dict) else {}
-            if exc.status_code == 429 and body.get("code") == "insufficient_quota":
-                return False, None, ""  # out of credit: waiting does not help
-            if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
-                return True, retry_after_seconds(exc.response.headers), f"HTTP {exc.status_code}"
-        return False, None, ""
-
-    def describe(self, what: str, exc: Exception) -> ApiFailure:
-        import openai
-
-        if isinstance(exc, openai.APIStatusError):
-            body = exc.body if isinstance(exc.body, dict) else {}
-            message = str(body.get("message") or exc.message)
-            if len(message) > 500:  # a proxy's HTML error page, say
-                message = message[:500] + "..."
-            label = body.get("code") or body.get("type")
-            label = f" {label}" if label else ""
-            param = f" (param: {body['param']})" if body.get("param") else ""
-            hint = ""
-            if exc.status_code == 401:
-                hint = f"; check the key in {self.cfg.api_key_env}"
-            elif exc.status_code == 403:
-                hint = "; check the key's organization/project and its permissions"
-            elif exc.status_code == 404:
-                hint = f" on {self.endpoint.base_url}"
-            text = f"{what}: HTTP {exc.status_code}{label}: {message}{param}{hint}"
-            return ApiFailure(self.redact(text), exc.status_code, body.get("code"))
-        return ApiFailure(self.redact(f"{what}: {type(exc).__name__}: {exc}"))
-
-    def backoff(self, attempt: int) -> float:
-        wait = min(self.cfg.retry_max_backoff_s, self.cfg.retry_backoff_s * 2 ** attempt)
-        return wait * random.uniform(0.75, 1.0)
-
-    def call(self, what: str, fn: Callable[..., Any], *args: Any, lookup: Callable[[], Any] | None = None,
-             **kwargs: Any) -> Any:
-        """fn(*args, **kwargs), retried. For a create (not idempotent), `lookup` finds the
-        object a lost answer may have created; it runs after the wait, before any retry."""
-        import openai
-
-        attempt = 0
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except openai.OpenAIError as exc:
-                retry, retry_after, reason = self.transient(exc)
-                if not retry:
-                    raise self.describe(what, exc) from None
-                if attempt >= self.cfg.max_retries:
-                    failure = self.describe(what, exc)
-                    raise ApiFailure(f"{failure} (gave up after {attempt} retries)", failure.status) from None
-                if retry_after is not None and retry_after > self.cfg.max_retry_after_s:
-                    raise ApiFailure(self.redact(
-                        f"{what}: HTTP {getattr(exc, 'status_code', '')} and the server asks to retry after "
-                        f"{retry_after:.0f}s, more than train.openai.max_retry_after_s "
-                        f"({self.cfg.max_retry_after_s:.0f}s); try again later"), getattr(exc, "status_code", None))
-                wait = retry_after if retry_after is not None else self.backoff(attempt)
-                attempt += 1
-                self.progress.retry(what, attempt, self.cfg.max_retries, wait,
-                                    reason + (" (Retry-After)" if retry_after is not None else ""))
-                self.sleep(wait)
-                if lookup is not None:
-                    found = self.call(f"look up {what}", lookup)
-                    if found is not None:
-                        self.progress.note(f"{what}: the lost answer had gone through; using {found.id}")
-                        return found
-
-
-# --------------------------------------------------------------------------- state
-
-
-def load_state(work: Path) -> dict[str, Any]:
-    path = work / STATE
-    return orjson.loads(path.read_bytes()) if path.exists() else {}
-
-
-def save_state(work: Path, state: dict[str, Any]) -> None:
-    write_bytes_atomic(work / STATE, dumps(state))
-
-
-def load_events(work: Path) -> list[dict[str, Any]]:
-    path = work / EVENTS
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-@contextlib.contextmanager
-def run_lock(work: Path) -> Iterator[None]:
-    """One refit process per run: two at once could both decide to create the job."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(work / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainError(f"another refit process is already running {work.name.removeprefix('.work-')}; "
-                             "wait for it (or stop it) and run again") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def locate(config: PipelineConfig) -> Run:
+    split_path, split_manifest = read_split(config)
+    endpoint = resolve_endpoint(config.train.openai)
+    stage = Stage.identify("train", "run", Path(config.train.output_dir),
+                           run_key_payload(split_manifest, config.train.openai, endpoint))
+    return Run(split_path, split_manifest, endpoint, stage)
 
 
 # --------------------------------------------------------------------------- 2. checks and the estimate
@@ -374,288 +195,202 @@ def estimate(config: PipelineConfig, split_manifest: dict[str, Any]) -> dict[str
             "tokenizer": "the base model's tokenizer (OpenAI's count differs a little)"}
 
 
-# --------------------------------------------------------------------------- 3. upload and create
+def confirm_spend(estimate: dict[str, Any], *, assume_yes: bool, confirm: Confirm | None) -> None:
+    if assume_yes:
+        return
+    if confirm is None:
+        raise TrainError("refusing to start a paid fine-tuning job without a yes: pass --yes "
+                         "(or set train.openai.assume_yes: true) in a non-interactive run")
+    if not confirm(estimate):
+        raise TrainError("not confirmed: nothing was uploaded and no job was created")
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    return obj.model_dump(mode="json") if hasattr(obj, "model_dump") else dict(obj)
+# --------------------------------------------------------------------------- the recipe
 
 
-def upload_files(api: Api, state: dict[str, Any], work: Path, split_path: Path, run_id: str) -> None:
-    files = state.setdefault("files", {})
-    for name, filename in FILES.items():
-        path = split_path / filename
-        data = path.read_bytes()
-        upload_name = f"refit-{run_id}-{filename}"
-        known = files.get(name)
-        if known and known.get("id"):
-            try:  # still there? (files can be deleted or expire)
-                existing = api.call(f"check uploaded {name} file", api.client.files.retrieve, known["id"])
-            except ApiFailure as exc:
-                if exc.status != 404:
-                    raise
-                existing = None
-            if existing is not None and existing.bytes == len(data) and existing.status != "error":
-                continue
-
-        def lookup(upload_name: str = upload_name, size: int = len(data)) -> Any:
-            page = api.client.files.list(purpose="fine-tune", limit=10_000, order="desc")
-            return next((f for f in page.data if f.filename == upload_name and f.bytes == size and f.status != "error"),
-                        None)
-
-        api.progress.note(f"uploading {filename} ({len(data) / 1e6:.2f} MB)")
-        uploaded = api.call(f"upload {filename}", api.client.files.create, file=(upload_name, data),
-                            purpose="fine-tune", lookup=lookup)
-        files[name] = {"id": uploaded.id, "filename": upload_name, "bytes": len(data), "sha256": file_sha256(path)}
-        save_state(work, state)
-        api.progress.note(f"uploaded {filename} as {uploaded.id}")
-
-
-def find_job(api: Api, run_id: str, skip: list[str]) -> Any:
-    """The newest job created for this run (metadata refit_run_id), if any. The filter is
-    checked here too, for servers that ignore it; at most 10 pages are read."""
-    page = api.client.fine_tuning.jobs.list(metadata={"refit_run_id": run_id}, limit=100)
-    for _ in range(10):
-        for job in page.data:
-            if (job.metadata or {}).get("refit_run_id") == run_id and job.id not in skip:
-                return job
-        if not page.has_more or not page.data:
-            return None
-        page = api.client.fine_tuning.jobs.list(metadata={"refit_run_id": run_id}, limit=100, after=page.data[-1].id)
-    return None
-
-
-def create_job(api: Api, config: PipelineConfig, state: dict[str, Any], work: Path, run_id: str,
-               split_manifest: dict[str, Any]) -> Any:
+def train(config: PipelineConfig, *, force: bool = False, restart: bool = False, assume_yes: bool = False,
+          confirm: Confirm | None = None, progress: Progress | None = None, track: bool = True) -> TrainResult:
+    """Steps 1-5. Raises TrainError (an ApiFailure for API errors) with a message fit to show."""
+    progress = progress or Progress()
+    started = time.perf_counter()
     cfg = config.train.openai
-    hyperparameters = {"n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
-                       "learning_rate_multiplier": cfg.learning_rate_multiplier}
-    metadata = {"refit_run_id": run_id, "refit_split_id": split_manifest["id"],
-                "refit_dataset_id": split_manifest["dataset"]["id"],
-                "refit_dataset_sha256": split_manifest["dataset"].get("examples_sha256", ""),
-                "refit_pipeline": config.name}
-    kwargs: dict[str, Any] = {
-        "model": cfg.model, "training_file": state["files"]["train"]["id"],
-        "validation_file": state["files"]["validation"]["id"],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        "metadata": metadata,
-    }
-    if cfg.suffix:
-        kwargs["suffix"] = cfg.suffix
-    if cfg.seed is not None:
-        kwargs["seed"] = cfg.seed
-    # The intent goes to disk first: if this process dies before the answer is recorded, the
-    # next run looks the job up instead of creating another.
-    state["job_create_sent"] = True
-    save_state(work, state)
-    skip = state.get("discarded_jobs", [])
-    job = api.call("create the fine-tuning job", api.client.fine_tuning.jobs.create,
-                   lookup=lambda: find_job(api, run_id, skip), **kwargs)
-    record_job(work, state, job)
-    return job
+    run = locate(config)
+    if not force and (done := run.stage.finished()) is not None:
+        return TrainResult(run.run_id, run.final, done, skipped=True)
+    run.work.mkdir(parents=True, exist_ok=True)
+    with run_lock(run.work):
+        state = load_state(run.work)
+        if force:
+            adopt_finished_job(run, state)
+        state.setdefault("run_id", run.run_id)
+        state.setdefault("base_url", run.endpoint.base_url)
+        api = Api(cfg, run.endpoint, read_api_key(cfg), progress)
+        try:
+            return _train(config, run, state, api, restart=restart, assume_yes=assume_yes or cfg.assume_yes,
+                          confirm=confirm, progress=progress, track=track, started=started)
+        finally:
+            progress.stop()
 
 
-def record_job(work: Path, state: dict[str, Any], job: Any) -> None:
-    state.update(job_id=job.id, status=job.status, job_create_sent=False)
-    save_state(work, state)
+def _train(config: PipelineConfig, run: Run, state: dict[str, Any], api: Api, *, restart: bool, assume_yes: bool,
+           confirm: Confirm | None, progress: Progress, track: bool, started: float) -> TrainResult:
+    if restart and state.get("job_id"):
+        forget_ended_job(api, run, state, progress)
+    if not state.get("job_id") and state.get("job_create_sent"):
+        recover_lost_create(api, run, state)
+    if state.get("job_id"):
+        progress.note(f"re-attaching to job {state['job_id']} (recorded in {run.work / STATE}); nothing new is paid for")
+    else:
+        start_job(config, run, state, api, assume_yes=assume_yes, confirm=confirm, progress=progress)
+    job, follower = follow_job(config, run, state, api, track=track)
+    if job["status"] != "succeeded":
+        job_failed(run, state, api, job, follower.mlflow_run)
+    manifest = write_run(config, run, state, job, follower, api, started)
+    finish_tracking(follower.mlflow_run, run, manifest)
+    shutil.rmtree(run.work, ignore_errors=True)
+    return TrainResult(run.run_id, run.final, manifest, skipped=False)
 
 
-# --------------------------------------------------------------------------- 4. follow
+def adopt_finished_job(run: Run, state: dict[str, Any]) -> None:
+    """--force rebuilds the run folder from the recorded job; it never starts a new one. The
+    old folder stays until the rebuilt one replaces it."""
+    if not run.stage.manifest_path.exists():
+        return
+    previous = read_manifest(run.stage.manifest_path, RunManifest)
+    state.update(files=previous["openai"]["uploads"], job_id=previous["openai"]["job_id"],
+                 status=previous["openai"]["status"], mlflow_run_id=previous["mlflow"]["run_id"],
+                 estimate=previous["openai"].get("estimate"))
+    save_state(run.work, state)
 
 
-class Follower:
-    """Polls the job, its new events (the API lists them newest first) and its checkpoints."""
-
-    def __init__(self, api: Api, work: Path, state: dict[str, Any], tracker: Callable[[], str | None] | None):
-        self.api, self.work, self.state = api, work, state
-        self.tracker = tracker  # starts the MLflow run, after the first poll (the status shows at once)
-        self.mlflow_run: str | None = None
-        self.events = load_events(work)
-        self.seen = {e["id"] for e in self.events}
-        self.checkpoints: list[dict[str, Any]] = []
-
-    def new_events(self, job_id: str) -> list[dict[str, Any]]:
-        client = self.api.client
-        page = self.api.call("list job events", client.fine_tuning.jobs.list_events, job_id, limit=100)
-        fresh: list[dict[str, Any]] = []
-        while True:
-            known = False
-            for event in page.data:
-                if event.id in self.seen:
-                    known = True
-                    break
-                fresh.append(self.api.redact.scrub(_as_dict(event)))
-            if known or not page.has_more or not page.data:
-                break
-            page = self.api.call("list job events", client.fine_tuning.jobs.list_events, job_id, limit=100,
-                                 after=page.data[-1].id)
-        fresh.reverse()  # oldest first
-        if fresh:
-            with open(self.work / EVENTS, "ab") as handle:
-                handle.write(b"".join(orjson.dumps(e) + b"\n" for e in fresh))
-            self.events.extend(fresh)
-            self.seen.update(e["id"] for e in fresh)
-        return fresh
-
-    def list_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
-        page = self.api.call("list job checkpoints", self.api.client.fine_tuning.jobs.checkpoints.list, job_id,
-                             limit=100)
-        return sorted((self.api.redact.scrub(_as_dict(c)) for c in page.data), key=lambda c: c["step_number"])
-
-    def follow(self, job_id: str, cfg: OpenAITrainConfig) -> dict[str, Any]:
-        started = time.monotonic()
-        polls = 0
-        while True:
-            job = self.api.redact.scrub(_as_dict(
-                self.api.call("retrieve the job", self.api.client.fine_tuning.jobs.retrieve, job_id)))
-            fresh = self.new_events(job_id)
-            if job["status"] in ("running",) + TERMINAL or any("Checkpoint" in e["message"] for e in fresh):
-                self.checkpoints = self.list_checkpoints(job_id)
-            if job["status"] != self.state.get("status"):
-                self.state["status"] = job["status"]
-                save_state(self.work, self.state)
-            self.api.progress.job(job, fresh, self.checkpoints)
-            if self.tracker is not None:
-                self.mlflow_run, self.tracker = self.tracker(), None
-            log_metrics(self.mlflow_run, fresh)
-            if job["status"] in TERMINAL:
-                return job
-            if cfg.wait_timeout_s is not None and time.monotonic() - started > cfg.wait_timeout_s:
-                raise TrainError(f"stopped waiting after {cfg.wait_timeout_s:g}s: job {job_id} is still {job['status']} "
-                                 "and keeps running on the server. Run the same command again to re-attach, "
-                                 "or add --cancel to stop it.")
-            # Quick polls first (progress shows up early), then every poll_interval_s.
-            self.api.sleep(min(cfg.poll_interval_s, 0.5 * 1.5 ** polls))
-            polls += 1
+def forget_ended_job(api: Api, run: Run, state: dict[str, Any], progress: Progress) -> None:
+    """--restart: a failed, cancelled or vanished job is left behind (a new one is created);
+    an active one is refused, since both would be paid for."""
+    try:
+        job = api.call("retrieve the recorded job", api.client.fine_tuning.jobs.retrieve, state["job_id"])
+    except ApiFailure as exc:
+        if exc.status != 404:
+            raise
+        job = None
+    if job is None or job.status in ("failed", "cancelled"):
+        progress.note(f"--restart: leaving job {state['job_id']} ({job.status if job else 'not found'}) behind")
+        state.setdefault("discarded_jobs", []).append(state.pop("job_id"))
+        for key in ("status", "error", "mlflow_run_id"):
+            state.pop(key, None)
+        (run.work / EVENTS).unlink(missing_ok=True)
+        save_state(run.work, state)
+    elif job.status in ACTIVE:
+        raise TrainError(f"--restart: job {job.id} is still {job.status}; a second job would be paid for too. "
+                         "Stop it first with `refit train --backend openai --cancel`.")
 
 
-def metric_points(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    points = []
-    for event in events:
-        data = event.get("data") or {}
-        if event.get("type") == "metrics" and isinstance(data, dict) and "step" in data:
-            points.append(data)
-    return points
+def recover_lost_create(api: Api, run: Run, state: dict[str, Any]) -> None:
+    """A previous run sent the create and died before recording the answer: find the job."""
+    job = api.call("look up this run's job", find_job, api, run.run_id, state.get("discarded_jobs", []))
+    if job is not None:
+        record_job(run.work, state, job)
+
+
+def start_job(config: PipelineConfig, run: Run, state: dict[str, Any], api: Api, *, assume_yes: bool,
+              confirm: Confirm | None, progress: Progress) -> None:
+    """Steps 2-3: the checks and the estimate before anything is uploaded, the yes, then the
+    upload and the create, each id on disk the moment it exists."""
+    preflight(run.split_path, run.split_manifest)
+    state["estimate"] = estimate(config, run.split_manifest)
+    progress.estimate(state["estimate"])
+    confirm_spend(state["estimate"], assume_yes=assume_yes, confirm=confirm)
+    save_state(run.work, state)
+    upload_files(api, state, run.work, run.split_path, run.run_id)
+    job = create_job(api, config, state, run.work, run.run_id, run.split_manifest)
+    progress.note(f"created job {job.id} (recorded in {run.work / STATE})")
+
+
+def follow_job(config: PipelineConfig, run: Run, state: dict[str, Any], api: Api, *,
+               track: bool) -> tuple[dict[str, Any], Follower]:
+    """Step 4, until the job ends. Ctrl-C and API failures leave the job running on the server."""
+    tracker = (lambda: start_tracking(config, state, run)) if track else None
+    follower = Follower(api, run.work, state, tracker)
+    try:
+        return follower.follow(state["job_id"], config.train.openai), follower
+    except KeyboardInterrupt:
+        raise Detached(f"interrupted: job {state['job_id']} keeps running on the server. Run the same command "
+                       "again to re-attach, or add --cancel to stop it.") from None
+    except ApiFailure as exc:
+        if exc.status == 404:
+            hint = "the recorded job is not on this server; `--restart` forgets it and starts a new job"
+        else:
+            hint = (f"job {state['job_id']} is not affected and keeps running on the server; run the same command "
+                    "again to re-attach")
+        raise ApiFailure(f"{exc}. {hint}", exc.status, exc.code) from None
+
+
+def failure_message(job: dict[str, Any]) -> str:
+    if job["status"] == "cancelled":
+        return (f"job {job['id']} was cancelled; no model was trained. "
+                "`refit train --backend openai --restart` starts a new job (and pays for it).")
+    error = job.get("error") or {}
+    code = error.get("code") or "unknown_error"
+    message = error.get("message") or "the API gave no reason"
+    param = f" (param: {error['param']})" if error.get("param") else ""
+    return (f"job {job['id']} failed: {code}: {message}{param}. "
+            "Fix the cause, then `refit train --backend openai --restart` starts a new job.")
+
+
+def job_failed(run: Run, state: dict[str, Any], api: Api, job: dict[str, Any], mlflow_run: str | None) -> NoReturn:
+    """A failed or cancelled job: recorded, its MLflow run ended, and no run folder."""
+    state["error"] = job.get("error")
+    save_state(run.work, state)
+    message = failure_message(job)
+    tracking.finish_run(mlflow_run, "KILLED" if job["status"] == "cancelled" else "FAILED",
+                        {"refit.error": api.redact(message)[:5000]})
+    raise ApiFailure(api.redact(message), code=(job.get("error") or {}).get("code"))
 
 
 # --------------------------------------------------------------------------- tracking
 
 
-METRIC_KEYS = ("train_loss", "valid_loss", "full_valid_loss", "train_mean_token_accuracy",
-               "valid_mean_token_accuracy", "full_valid_mean_token_accuracy")
-
-
-def start_tracking(config: PipelineConfig, state: dict[str, Any], work: Path, run_id: str,
-                   split_manifest: dict[str, Any], endpoint: Endpoint) -> str:
+def start_tracking(config: PipelineConfig, state: dict[str, Any], run: Run) -> str:
     """The MLflow run of this training run: created once, re-opened by a re-attached run."""
-    import mlflow
-
-    from pipelines import tracking
-
-    tracking.setup(config)
-    if state.get("mlflow_run_id"):
-        return state["mlflow_run_id"]
     cfg = config.train.openai
-    run = mlflow.start_run(run_name=run_id)
-    mlflow_run = run.info.run_id
-    mlflow.end_run()
-    state["mlflow_run_id"] = mlflow_run
-    save_state(work, state)
-    mlflow.log_params({
-        "split_id": split_manifest["id"], "dataset_id": split_manifest["dataset"]["id"], "backend": "openai",
+    return tracking.open_run(config, run.run_id, state, lambda: save_state(run.work, state), {
+        "split_id": run.split_manifest["id"], "dataset_id": run.split_manifest["dataset"]["id"], "backend": "openai",
         "base_model": cfg.model, "n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
         "learning_rate_multiplier": cfg.learning_rate_multiplier, "suffix": cfg.suffix, "seed": cfg.seed,
-        "base_url": endpoint.base_url, "job_id": state.get("job_id"),
+        "base_url": run.endpoint.base_url, "job_id": state.get("job_id"),
         "training_file": state["files"]["train"]["id"], "validation_file": state["files"]["validation"]["id"],
-    }, run_id=mlflow_run)
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient().set_tag(mlflow_run, "refit.run_id", run_id)
-    return mlflow_run
+    }, tags={"refit.run_id": run.run_id})
 
 
-def log_metrics(mlflow_run: str | None, events: list[dict[str, Any]]) -> None:
-    points = metric_points(events)
-    if not mlflow_run or not points:
-        return
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, float(p[key]), now, int(p["step"])) for p in points for key in METRIC_KEYS
-               if isinstance(p.get(key), (int, float)) and math.isfinite(p[key])]
-    MlflowClient().log_batch(mlflow_run, metrics=metrics)
-
-
-def end_tracking(mlflow_run: str | None, status: str, tags: dict[str, str]) -> None:
-    if not mlflow_run:
-        return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(mlflow_run, key, value)
-    client.set_terminated(mlflow_run, status)
+def finish_tracking(mlflow_run: str | None, run: Run, manifest: dict[str, Any]) -> None:
+    o, lo = manifest["openai"], manifest["losses"]
+    results = [(run.final / e["path"], "results") for e in o["result_files"] if e.get("path")]
+    tracking.finish_run(
+        mlflow_run, "FINISHED",
+        {"refit.split_id": run.split_manifest["id"], "refit.run_id": run.run_id, "openai.job_id": o["job_id"],
+         "openai.fine_tuned_model": o["fine_tuned_model"] or ""},
+        metrics={"final_eval_loss": lo["final_eval_loss"], "best_eval_loss": lo["best_eval_loss"],
+                 "trained_tokens": o["trained_tokens"]},
+        step=manifest["steps"]["done"] or 0,
+        artifacts=[(run.final / "curves.png", None), (run.final / "manifest.json", None), *results])
 
 
 # --------------------------------------------------------------------------- 5. the run folder
 
 
-def download_results(api: Api, job: dict[str, Any], target: Path) -> list[dict[str, Any]]:
-    """The job's result files (a step-metrics CSV). A download that fails is recorded, not
-    fatal: the model exists and is paid for either way."""
-    out = []
-    for file_id in job.get("result_files") or []:
-        entry: dict[str, Any] = {"id": file_id}
-        try:
-            meta = api.call("retrieve a result file", api.client.files.retrieve, file_id)
-            data = api.call("download a result file", api.client.files.content, file_id).read()
-        except ApiFailure as exc:
-            entry["error"] = str(exc)
-            out.append(entry)
-            continue
-        if not data.lstrip().startswith(b"step"):
-            with contextlib.suppress(binascii.Error, ValueError):  # the API has served these base64-encoded
-                decoded = base64.b64decode(data, validate=True)
-                if decoded.lstrip().startswith(b"step"):
-                    data = decoded
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", meta.filename or f"{file_id}.csv")
-        path = Path("results") / f"{file_id}-{name}"
-        write_bytes_atomic(target / path, data)
-        entry.update(filename=meta.filename, path=str(path), bytes=len(data))
-        out.append(entry)
-    return out
-
-
 def plot_curves(points: list[dict[str, Any]], checkpoints: list[dict[str, Any]], target: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    """The metric events' losses, plus the full validation loss of checkpoints that the
+    events did not report."""
     reported = {p["step"] for p in points if isinstance(p.get("full_valid_loss"), (int, float))}
     points = points + [{"step": c["step_number"], "full_valid_loss": (c.get("metrics") or {}).get("full_valid_loss")}
                        for c in checkpoints if c["step_number"] not in reported]
     points.sort(key=lambda p: p["step"])
-    for key, label, style in (("train_loss", "train loss", {"color": "#4c72b0", "alpha": 0.7}),
-                              ("valid_loss", "validation loss (batch)", {"color": "#dd8452", "alpha": 0.8}),
-                              ("full_valid_loss", "full validation loss", {"color": "#c44e52", "marker": "o",
-                                                                           "linestyle": "none"})):
-        series = [(p["step"], p[key]) for p in points if isinstance(p.get(key), (int, float))]
-        if series:
-            ax.plot(*zip(*series), label=label, **style)
-    if not points:
-        ax.text(0.5, 0.5, "the job reported no metrics", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    if points:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(target)
-    plt.close(fig)
+    styles = (("train_loss", "train loss", {"color": "#4c72b0", "alpha": 0.7}),
+              ("valid_loss", "validation loss (batch)", {"color": "#dd8452", "alpha": 0.8}),
+              ("full_valid_loss", "full validation loss", {"color": "#c44e52", "marker": "o", "linestyle": "none"}))
+    series = [(label, [(p["step"], p[key]) for p in points if isinstance(p.get(key), (int, float))], style)
+              for key, label, style in styles]
+    tracking.plot_losses(target, title, series, xlabel="step", ylabel="loss",
+                         note=None if points else "the job reported no metrics")
 
 
 def losses(points: list[dict[str, Any]], checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
@@ -676,240 +411,70 @@ def losses(points: list[dict[str, Any]], checkpoints: list[dict[str, Any]]) -> d
     }
 
 
-def write_run(final: Path, *, config: PipelineConfig, run_id: str, split_path: Path, split_manifest: dict[str, Any],
-              endpoint: Endpoint, state: dict[str, Any], job: dict[str, Any], follower: Follower, api: Api,
-              started: float, mlflow_run: str | None) -> dict[str, Any]:
-    cfg = config.train.openai
-    events = follower.events
-    points = metric_points(events)
-    checkpoints = follower.checkpoints
-    with atomic_dir(final) as tmp:
+
+
+def write_run(config: PipelineConfig, run: Run, state: dict[str, Any], job: dict[str, Any], follower: Follower,
+              api: Api, started: float) -> dict[str, Any]:
+    """The run folder, swapped in whole (a --force rebuild keeps the old one until then)."""
+    points = metric_points(follower.events)
+    with run.stage.commit() as tmp:
         results = download_results(api, job, tmp)
-        (tmp / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
-        plot_curves(points, checkpoints, tmp / "curves.png", f"refit OpenAI fine-tune ({job['id']})")
-        hyper = job.get("hyperparameters") or {}
-        manifest = {
-            "stage": "train",
-            "backend": "openai",
-            "id": run_id,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "code_version": code_version(),
-            "config_hash": run_key(split_manifest, cfg, endpoint),
-            "pipeline": config.name,
-            "split": {"id": split_manifest["id"], "path": str(split_path)},
-            "dataset": split_manifest["dataset"],
-            "base_model": {"name": cfg.model, "provider": "openai"},
+        (tmp / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in follower.events))
+        plot_curves(points, follower.checkpoints, tmp / "curves.png", f"refit OpenAI fine-tune ({job['id']})")
+        key = run_key(run.split_manifest, config.train.openai, run.endpoint)
+        manifest = run.stage.base_manifest(config, backend="openai", config_hash=key) | {
+            "split": {"id": run.split_manifest["id"], "path": str(run.split_path)},
+            "dataset": run.split_manifest["dataset"],
+            "base_model": {"name": config.train.openai.model, "provider": "openai"},
             "config": config.train.model_dump(mode="json"),
-            "openai": {
-                "base_url": endpoint.base_url,
-                "organization": endpoint.organization or job.get("organization_id"),
-                "project": endpoint.project,
-                "model": job.get("model", cfg.model),
-                "files": {name: state["files"][name]["id"] for name in FILES},
-                "uploads": state["files"],
-                "job_id": job["id"],
-                "status": job["status"],
-                "fine_tuned_model": job["fine_tuned_model"],
-                "trained_tokens": job.get("trained_tokens"),
-                "result_files": results,
-                "hyperparameters": {k: hyper.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
-                "requested_hyperparameters": {"n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
-                                              "learning_rate_multiplier": cfg.learning_rate_multiplier},
-                "suffix": job.get("user_provided_suffix"),
-                "seed": job.get("seed"),
-                "metadata": job.get("metadata"),
-                "job_created_at": job.get("created_at"),
-                "job_finished_at": job.get("finished_at"),
-                "events": len(events),
-                "metric_events": len(points),
-                "checkpoints": [{"id": c["id"], "step": c["step_number"],
-                                 "fine_tuned_model_checkpoint": c["fine_tuned_model_checkpoint"],
-                                 "metrics": c.get("metrics")} for c in checkpoints],
-                "estimate": state.get("estimate"),
-            },
-            "losses": losses(points, checkpoints),
+            "openai": job_record(config.train.openai, run.endpoint, state, job, follower, results),
+            "losses": losses(points, follower.checkpoints),
             "steps": {"total": points[-1].get("total_steps") if points else None,
                       "done": int(points[-1]["step"]) if points else None},
             "tokens": {"trained": job.get("trained_tokens"),
                        "estimated_billed": (state.get("estimate") or {}).get("billed_tokens")},
             "timings": {"job_s": (job["finished_at"] - job["created_at"]) if job.get("finished_at") else None,
                         "followed_s": round(time.perf_counter() - started, 1)},
-            "mlflow": {"run_id": mlflow_run, "experiment": config.tracking.experiment or f"refit-{config.name}"},
+            "mlflow": {"run_id": follower.mlflow_run, "experiment": tracking.experiment_name(config)},
         }
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     return manifest
 
 
-def finish_tracking(mlflow_run: str | None, final: Path, manifest: dict[str, Any], run_id: str,
-                    split_manifest: dict[str, Any]) -> None:
-    if not mlflow_run:
-        return
-    import mlflow
-
-    lo = manifest["losses"]
-    step = manifest["steps"]["done"] or 0
-    final_metrics = {k: v for k, v in {"final_eval_loss": lo["final_eval_loss"], "best_eval_loss": lo["best_eval_loss"],
-                                       "trained_tokens": manifest["openai"]["trained_tokens"]}.items()
-                     if isinstance(v, (int, float))}
-    if final_metrics:
-        mlflow.log_metrics(final_metrics, step=step, run_id=mlflow_run)
-    mlflow.log_artifact(str(final / "curves.png"), run_id=mlflow_run)
-    mlflow.log_artifact(str(final / "manifest.json"), run_id=mlflow_run)
-    for entry in manifest["openai"]["result_files"]:
-        if entry.get("path"):
-            mlflow.log_artifact(str(final / entry["path"]), artifact_path="results", run_id=mlflow_run)
-    end_tracking(mlflow_run, "FINISHED", {"refit.split_id": split_manifest["id"], "refit.run_id": run_id,
-                                          "openai.job_id": manifest["openai"]["job_id"],
-                                          "openai.fine_tuned_model": manifest["openai"]["fine_tuned_model"] or ""})
-
-
-# --------------------------------------------------------------------------- the stage
-
-
-@dataclass
-class Run:
-    """Where a run lives and what identifies it."""
-
-    split_path: Path
-    split_manifest: dict[str, Any]
-    endpoint: Endpoint
-    run_id: str
-    final: Path
-    work: Path
+def job_record(cfg: OpenAITrainConfig, endpoint: Endpoint, state: dict[str, Any], job: dict[str, Any],
+               follower: Follower, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's `openai` section: the job, the model it made, and how to reach it."""
+    hyper = job.get("hyperparameters") or {}
+    return {
+        "base_url": endpoint.base_url,
+        "organization": endpoint.organization or job.get("organization_id"),
+        "project": endpoint.project,
+        "model": job.get("model", cfg.model),
+        "files": {name: state["files"][name]["id"] for name in FILES},
+        "uploads": state["files"],
+        "job_id": job["id"],
+        "status": job["status"],
+        "fine_tuned_model": job["fine_tuned_model"],
+        "trained_tokens": job.get("trained_tokens"),
+        "result_files": results,
+        "hyperparameters": {k: hyper.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+        "requested_hyperparameters": {"n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
+                                      "learning_rate_multiplier": cfg.learning_rate_multiplier},
+        "suffix": job.get("user_provided_suffix"),
+        "seed": job.get("seed"),
+        "metadata": job.get("metadata"),
+        "job_created_at": job.get("created_at"),
+        "job_finished_at": job.get("finished_at"),
+        "events": len(follower.events),
+        "metric_events": len(metric_points(follower.events)),
+        "checkpoints": [{"id": c["id"], "step": c["step_number"],
+                         "fine_tuned_model_checkpoint": c["fine_tuned_model_checkpoint"],
+                         "metrics": c.get("metrics")} for c in follower.checkpoints],
+        "estimate": state.get("estimate"),
+    }
 
 
-def locate(config: PipelineConfig) -> Run:
-    split_path = resolve_split(config)
-    split_manifest = orjson.loads((split_path / "manifest.json").read_bytes())
-    endpoint = resolve_endpoint(config.train.openai)
-    run_id = f"run-{run_key(split_manifest, config.train.openai, endpoint)[:12]}"
-    out_root = Path(config.train.output_dir)
-    return Run(split_path, split_manifest, endpoint, run_id, out_root / run_id, out_root / f".work-{run_id}")
-
-
-def failure_message(job: dict[str, Any]) -> str:
-    if job["status"] == "cancelled":
-        return (f"job {job['id']} was cancelled; no model was trained. "
-                "`refit train --backend openai --restart` starts a new job (and pays for it).")
-    error = job.get("error") or {}
-    code = error.get("code") or "unknown_error"
-    message = error.get("message") or "the API gave no reason"
-    param = f" (param: {error['param']})" if error.get("param") else ""
-    return (f"job {job['id']} failed: {code}: {message}{param}. "
-            "Fix the cause, then `refit train --backend openai --restart` starts a new job.")
-
-
-def train(config: PipelineConfig, *, force: bool = False, restart: bool = False, assume_yes: bool = False,
-          confirm: Confirm | None = None, progress: Progress | None = None, track: bool = True) -> TrainResult:
-    """Steps 1-5. Raises TrainError (an ApiFailure for API errors) with a message fit to show."""
-    progress = progress or Progress()
-    started = time.perf_counter()
-    cfg = config.train.openai
-
-    # 1. Identity and the no-op check.
-    run = locate(config)
-    if (run.final / "manifest.json").exists() and not force:
-        set_latest(run.final.parent, run.run_id)
-        return TrainResult(run.run_id, run.final, orjson.loads((run.final / "manifest.json").read_bytes()), skipped=True)
-    run.work.mkdir(parents=True, exist_ok=True)
-    with run_lock(run.work):
-        state = load_state(run.work)
-        if force and (run.final / "manifest.json").exists():
-            # --force rebuilds the run folder from the recorded job; it never starts a new one.
-            previous = orjson.loads((run.final / "manifest.json").read_bytes())
-            state.update(files=previous["openai"]["uploads"], job_id=previous["openai"]["job_id"],
-                         status=previous["openai"]["status"], mlflow_run_id=previous["mlflow"]["run_id"],
-                         estimate=previous["openai"].get("estimate"))
-            save_state(run.work, state)
-            shutil.rmtree(run.final)
-        state.setdefault("run_id", run.run_id)
-        state.setdefault("base_url", run.endpoint.base_url)
-        api = Api(cfg, run.endpoint, read_api_key(cfg), progress)
-        try:
-            return _train(config, run, state, api, restart=restart, assume_yes=assume_yes or cfg.assume_yes,
-                          confirm=confirm, progress=progress, track=track, started=started)
-        finally:
-            progress.stop()
-
-
-def _train(config: PipelineConfig, run: Run, state: dict[str, Any], api: Api, *, restart: bool, assume_yes: bool,
-           confirm: Confirm | None, progress: Progress, track: bool, started: float) -> TrainResult:
-    cfg = config.train.openai
-    work = run.work
-    if restart and state.get("job_id"):
-        try:
-            job = api.call("retrieve the recorded job", api.client.fine_tuning.jobs.retrieve, state["job_id"])
-        except ApiFailure as exc:
-            if exc.status != 404:
-                raise
-            job = None
-        if job is None or job.status in ("failed", "cancelled"):
-            progress.note(f"--restart: leaving job {state['job_id']} ({job.status if job else 'not found'}) behind")
-            state.setdefault("discarded_jobs", []).append(state.pop("job_id"))
-            for key in ("status", "error", "mlflow_run_id"):
-                state.pop(key, None)
-            (work / EVENTS).unlink(missing_ok=True)
-            save_state(work, state)
-        elif job.status in ACTIVE:
-            raise TrainError(f"--restart: job {job.id} is still {job.status}; a second job would be paid for too. "
-                             "Stop it first with `refit train --backend openai --cancel`.")
-    if not state.get("job_id") and state.get("job_create_sent"):
-        # A previous run sent the create and died before recording the answer.
-        job = api.call("look up this run's job", find_job, api, run.run_id, state.get("discarded_jobs", []))
-        if job is not None:
-            record_job(work, state, job)
-
-    if state.get("job_id"):
-        progress.note(f"re-attaching to job {state['job_id']} (recorded in {work / STATE}); nothing new is paid for")
-    else:
-        # 2. Checks and the estimate, before anything is uploaded.
-        preflight(run.split_path, run.split_manifest)
-        state["estimate"] = estimate(config, run.split_manifest)
-        progress.estimate(state["estimate"])
-        if not assume_yes:
-            if confirm is None:
-                raise TrainError("refusing to start a paid fine-tuning job without a yes: pass --yes "
-                                 "(or set train.openai.assume_yes: true) in a non-interactive run")
-            if not confirm(state["estimate"]):
-                raise TrainError("not confirmed: nothing was uploaded and no job was created")
-        # 3. Upload and create; each id is on disk the moment it exists.
-        save_state(work, state)
-        upload_files(api, state, work, run.split_path, run.run_id)
-        job = create_job(api, config, state, work, run.run_id, run.split_manifest)
-        progress.note(f"created job {job.id} (recorded in {work / STATE})")
-
-    # 4. Follow.
-    tracker = (lambda: start_tracking(config, state, work, run.run_id, run.split_manifest, run.endpoint)) if track else None
-    follower = Follower(api, work, state, tracker)
-    try:
-        job_dict = follower.follow(state["job_id"], cfg)
-    except KeyboardInterrupt:
-        raise Detached(f"interrupted: job {state['job_id']} keeps running on the server. Run the same command "
-                       "again to re-attach, or add --cancel to stop it.") from None
-    except ApiFailure as exc:
-        if exc.status == 404:
-            hint = "the recorded job is not on this server; `--restart` forgets it and starts a new job"
-        else:
-            hint = (f"job {state['job_id']} is not affected and keeps running on the server; run the same command "
-                    "again to re-attach")
-        raise ApiFailure(f"{exc}. {hint}", exc.status, exc.code) from None
-    mlflow_run = follower.mlflow_run
-    if job_dict["status"] != "succeeded":
-        state["error"] = job_dict.get("error")
-        save_state(work, state)
-        message = failure_message(job_dict)
-        end_tracking(mlflow_run, "KILLED" if job_dict["status"] == "cancelled" else "FAILED",
-                     {"refit.error": api.redact(message)[:5000]})
-        raise ApiFailure(api.redact(message), code=(job_dict.get("error") or {}).get("code"))
-
-    # 5. The run folder.
-    manifest = write_run(run.final, config=config, run_id=run.run_id, split_path=run.split_path,
-                         split_manifest=run.split_manifest, endpoint=run.endpoint, state=state, job=job_dict,
-                         follower=follower, api=api, started=started, mlflow_run=mlflow_run)
-    finish_tracking(mlflow_run, run.final, manifest, run.run_id, run.split_manifest)
-    shutil.rmtree(work, ignore_errors=True)
-    set_latest(run.final.parent, run.run_id)
-    return TrainResult(run.run_id, run.final, manifest, skipped=False)
+# --------------------------------------------------------------------------- cancel
 
 
 @dataclass
@@ -925,8 +490,8 @@ def cancel(config: PipelineConfig, *, progress: Progress | None = None, track: b
     progress = progress or Progress()
     cfg = config.train.openai
     run = locate(config)
-    if (run.final / "manifest.json").exists():
-        manifest = orjson.loads((run.final / "manifest.json").read_bytes())
+    if run.stage.manifest_path.exists():
+        manifest = read_manifest(run.stage.manifest_path, RunManifest)
         return CancelResult(run.run_id, manifest["openai"]["job_id"], manifest["openai"]["status"], cancelled=False)
     state = load_state(run.work)
     api = Api(cfg, run.endpoint, read_api_key(cfg), progress)
@@ -950,8 +515,6 @@ def cancel(config: PipelineConfig, *, progress: Progress | None = None, track: b
     state.update(job_id=job_id, status=job.status, job_create_sent=False)
     save_state(run.work, state)
     if cancelled and track and state.get("mlflow_run_id"):
-        from pipelines import tracking
-
         tracking.setup(config)
-        end_tracking(state["mlflow_run_id"], "KILLED", {"refit.error": f"job {job_id} cancelled with --cancel"})
+        tracking.finish_run(state["mlflow_run_id"], "KILLED", {"refit.error": f"job {job_id} cancelled with --cancel"})
     return CancelResult(run.run_id, job_id, job.status, cancelled)

@@ -1,0 +1,235 @@
+"""The trainer the LoRA backend runs: trl's SFTTrainer, measured and with a cheaper loss, and
+the choices it is built with (precision, batching, the LoRA config, the step schedule).
+
+This module imports torch, transformers, peft and trl at the top; `pipelines.train` imports it
+only when a run builds its trainer, so the CLI and the OpenAI backend start without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from pipelines.config import LoraSettings, PipelineConfig, TrainConfig
+from pipelines.train import TokenMeter, TrainError
+
+# --------------------------------------------------------------------------- hardware choices
+
+
+def choose_precision(config: PipelineConfig) -> str:
+    wanted = config.train.precision
+    if wanted != "auto":
+        return wanted
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:  # private helpers, but the only way torch exposes these CPU features
+        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+            return "bf16"
+    except AttributeError:
+        pass
+    return "fp32"
+
+
+def choose_batching(config: PipelineConfig) -> tuple[str, str]:
+    """(batching, attention implementation)."""
+    wanted = config.train.batching
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    if wanted == "auto":
+        wanted = "padding_free" if flash else "grouped"
+    if wanted == "padding_free" and not flash:
+        raise TrainError("train.batching: padding_free needs a GPU with FlashAttention (pip install flash-attn); "
+                         "use grouped on this machine")
+    return wanted, ("flash_attention_2" if wanted == "padding_free" else "sdpa")
+
+
+# --------------------------------------------------------------------------- model, LoRA, schedule
+
+
+def load_base_model(model_dir: str, attention: str) -> tuple[Any, Any]:
+    """(tokenizer, model): the base model in fp32 (autocast gives the training precision)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
+    return tokenizer, model
+
+
+def lora_config(lora: LoraSettings, n_layers: int) -> tuple[LoraConfig, list[int] | None]:
+    """The peft config, and the layers it adapts (None: all of them)."""
+    top = lora.top_layers
+    layers = list(range(max(0, n_layers - top), n_layers)) if top and top < n_layers else None
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), layers_to_transform=layers,
+                      bias="none", task_type="CAUSAL_LM"), layers
+
+
+def plan_steps(cfg: TrainConfig, n_examples: int, world: int) -> tuple[int, int]:
+    """(max steps, evaluate every). Under `accelerate launch` each optimizer step consumes a
+    batch per process (`world` of them)."""
+    if cfg.max_steps:
+        return cfg.max_steps, min(cfg.eval_steps, cfg.max_steps)
+    # Spread the evaluations evenly and end on one, so the last steps are never trained
+    # blind (and the final validation loss needs no extra pass).
+    steps_per_epoch = math.ceil(n_examples / (cfg.batch_size * cfg.gradient_accumulation * world))
+    planned = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    n_evals = math.ceil(planned / cfg.eval_steps)
+    evaluate_each = math.ceil(planned / n_evals)
+    return evaluate_each * n_evals, evaluate_each
+
+
+def training_arguments(cfg: TrainConfig, work: str, max_steps: int, evaluate_each: int, precision: str,
+                       batching: str) -> SFTConfig:
+    return SFTConfig(
+        output_dir=work,
+        max_steps=max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(cfg.warmup_fraction * max_steps),
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        padding_free=batching == "padding_free",
+        train_sampling_strategy="group_by_length" if batching == "grouped" else "random",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),  # lets bf16 autocast run on a CPU
+        eval_strategy="steps",
+        eval_steps=evaluate_each,
+        save_strategy="steps",
+        save_steps=evaluate_each if cfg.early_stopping_patience else cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=cfg.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        prediction_loss_only=True,  # validation needs the loss, not the logits of every token
+        activation_checkpointing=cfg.activation_checkpointing,
+    )
+
+
+def early_stopping(cfg: TrainConfig) -> list[Any]:
+    return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] \
+        if cfg.early_stopping_patience else []
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class RefitSFTTrainer(SFTTrainer):
+    """SFTTrainer that measures its batches (tokens/s, padding share), validates in the
+    training precision, and computes the loss on the assistant's tokens only."""
+
+    def __init__(self, *args: Any, precision: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Progress is the caller's rich bar; the Trainer's own printer would dump raw dicts.
+        self.remove_callback(PrinterCallback)
+        self.meter = TokenMeter()
+        self.eval_autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: Any = None) -> Any:
+        # The Trainer autocasts training steps only; validation in fp32 on a CPU is several
+        # times slower than the training steps it checks.
+        with torch.autocast(self.args.device.type, dtype=self.eval_autocast or torch.float32,
+                            enabled=self.eval_autocast is not None):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        self.meter.add(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self.meter.window())
+        super().log(logs, start_time)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """Cross-entropy on the assistant's tokens, computing logits only where they are.
+
+        The answer is a short band at the end of a long prompt, and the vocabulary is large:
+        projecting every position to the vocabulary (as the default loss does, plus entropy
+        and accuracy over all of them) costs more than the transformer layers on a CPU. The
+        model is asked for the logits of the positions between the first and the last
+        labelled token of the batch only (`logits_to_keep`); the normalisation follows
+        trl's (tokens of the whole accumulated batch when the trainer passes it)."""
+        labels = inputs["labels"]
+        targets = labels[:, 1:]
+        labelled = (targets != -100).nonzero(as_tuple=True)[1]
+        if labelled.numel() == 0:
+            low, high = targets.shape[1] - 1, targets.shape[1]
+        else:
+            low, high = int(labelled.min()), int(labelled.max()) + 1
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**model_inputs, use_cache=False, logits_to_keep=torch.arange(low, high, device=labels.device))
+        logits = outputs.logits.float()
+        band = targets[:, low:high]
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), band.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        valid = band != -100
+        n_tokens = valid.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = loss_sum / torch.as_tensor(n_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        mode = "train" if model.training else "eval"
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == band)[valid].float()
+            self._metrics[mode]["mean_token_accuracy"].append(float(correct.mean()) if correct.numel() else 0.0)
+        return (loss, outputs) if return_outputs else loss
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class MlflowMetrics(TrainerCallback):
+    """Per-step train loss, validation loss and tokens/s into the MLflow run."""
+
+    def __init__(self, mlflow_run: str | None):
+        self.mlflow_run = mlflow_run
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        if self.mlflow_run is None or not state.is_world_process_zero or not logs:
+            return
+        import mlflow
+
+        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        mlflow.log_metrics(metrics, step=state.global_step, run_id=self.mlflow_run)
+
+
+class ProgressBar(TrainerCallback):
+    """Feeds the caller's progress display (`train.Progress`)."""
+
+    def __init__(self, progress: Any):
+        self.progress = progress
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.is_world_process_zero:
+            self.progress.start(state.max_steps, state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.is_world_process_zero:
+            self.progress.step(state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        if state.is_world_process_zero and logs:
+            self.progress.log(logs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.progress.stop()
