@@ -77,6 +77,26 @@ def test_split_is_byte_identical_for_the_same_inputs_and_seed(workspace):
     assert (other / "train.jsonl").read_bytes() != (copy / "train.jsonl").read_bytes()
 
 
+def test_a_forced_split_that_fails_keeps_the_old_split_and_the_regression_set(workspace, monkeypatch):
+    workspace.write_logs("a.jsonl", rag_logs(120, sessions=10))
+    cfg = split_config(workspace)
+    _, first = curate_and_split(workspace, cfg)
+    before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    state = workspace.root / "pipeline-state" / "regression.jsonl"
+    frozen = state.read_bytes()
+    latest = (first.parent / "LATEST").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-split")
+
+    monkeypatch.setattr("pipelines.split._write_hf_copy", crash)
+    with pytest.raises(RuntimeError, match="killed mid-split"):
+        workspace.run("split", "--config", str(cfg), "--force")
+    assert {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+    assert state.read_bytes() == frozen and (first.parent / "LATEST").read_bytes() == latest
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted(["LATEST", first.name])
+
+
 def test_groups_never_straddle_sets_and_labels_are_stratified(workspace):
     workspace.write_logs("a.jsonl", rag_logs(160, sessions=15))
     cfg = split_config(workspace)
