@@ -187,6 +187,19 @@ def test_split_without_a_curated_dataset_is_a_clear_error(workspace):
     assert result.exit_code == 1 and "run `make curate` first" in result.output
 
 
+def test_a_malformed_curated_manifest_is_a_one_line_error_naming_it(workspace):
+    workspace.write_logs("a.jsonl", rag_logs(120, sessions=10))
+    cfg = split_config(workspace)
+    assert workspace.run("curate", "--config", str(cfg)).exit_code == 0
+    curated = workspace.root / "datasets" / "curated"
+    manifest = curated / (curated / "LATEST").read_text().strip() / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["decision"]
+    manifest.write_text(json.dumps(data))
+    result = workspace.run("split", "--config", str(cfg))
+    assert result.exit_code == 1 and "manifest.json: decision: Field required" in result.output
+
+
 def test_leakage_check_catches_a_planted_duplicate():
     from pipelines.minhash import MinHasher
     from pipelines.split import LeakageError, check_leakage, find_leaks
