@@ -402,6 +402,7 @@ def describe_split(sets: dict[str, list[dict[str, Any]]], curated: int, excluded
 
 
 def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None) -> SplitResult:
+    """The recipe of the module docstring, step by step."""
     started = time.perf_counter()
     source = read_curated(config)
     regression_path = config.regression_path()
@@ -434,16 +435,13 @@ def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None)
         exports = write_openai_exports(tmp, sets, config, tokenizer)
         baseline = write_baseline_prompt(tmp, validation, shots, config, tokenizer)
         _write_hf_copy(tmp / "hf", sets, config)
-        manifest = stage.base_manifest(
-            config, CONFIG_SECTIONS,
-            dataset={"id": source.id, "path": str(source.path), "examples_sha256": source.examples_sha256},
-            seed=config.split.seed,
-        ) | describe_split(sets, len(examples), len(excluded), regression_path, regression_before, drawn) | exports | {
-            **baseline,
-            "few_shot_ids": [e["id"] for e in shots],
-            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
-            "timings": {"total_s": round(time.perf_counter() - started, 3)},
-        }
+        dataset = {"id": source.id, "path": str(source.path), "examples_sha256": source.examples_sha256}
+        manifest = (stage.base_manifest(config, CONFIG_SECTIONS, dataset=dataset, seed=config.split.seed)
+                    | describe_split(sets, len(examples), len(excluded), regression_path, regression_before, drawn)
+                    | exports | baseline
+                    | {"few_shot_ids": [e["id"] for e in shots],
+                       "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+                       "timings": {"total_s": round(time.perf_counter() - started, 3)}})
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     # The regression set is pipeline state: written only after the split landed.
     if drawn:
