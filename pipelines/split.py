@@ -4,7 +4,9 @@ set, and validated OpenAI chat files.
 Read top to bottom, the recipe is:
 
 1. Pick the curated dataset (the newest unless named) and hash it with the config; an
-   existing split with the same hash and the same regression set means nothing to do.
+   existing split with the same hash and the same regression set means nothing to do. A
+   rebuild (`--force`, or a changed regression set) is written beside the old split and
+   swapped in only when whole (`stage.Stage`).
 2. Group examples that must stay together: one near-duplicate cluster (the curate stage's
    cluster ids, plus the same MinHash over all questions again, so general instructions and
    examples of different curations are covered too) or one session is one group.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 import time
 import warnings
 from collections import Counter
@@ -33,22 +34,23 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, SplitConfig
+from pipelines.contracts import ContractError, CurateManifest, read_manifest
 from pipelines.minhash import MinHasher, band_collisions, components, text_fingerprint
 from pipelines.openai_format import billing_estimate, check_file
+from pipelines.stage import Stage
 from pipelines.storage import (
-    atomic_dir,
     code_version,
     dumps,
     file_sha256,
     iter_jsonl,
     resolve_stage_output,
-    set_latest,
     write_bytes_atomic,
 )
 from pipelines.template import render_messages
 
-SETS = ("train", "validation", "regression")
+# The config sections a split reads: changing any of them makes a new split.
+CONFIG_SECTIONS = ("split", "model", "output", "prompt")
 
 
 class SplitError(ValueError):
@@ -238,74 +240,82 @@ def choose_few_shot(train: list[dict[str, Any]], k: int, seed: int, idk_answer: 
     return chosen[:k]
 
 
-def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None) -> SplitResult:
-    cfg = config.split
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class CuratedSource:
+    """The curated dataset a split reads: its folder, validated manifest and examples hash."""
 
-    # 1. The dataset, identity and the no-op check.
-    dataset_path = resolve_dataset(config)
-    curated_manifest = orjson.loads((dataset_path / "manifest.json").read_bytes())
-    examples_sha = file_sha256(dataset_path / "examples.jsonl")
-    regression_path = config.regression_path()
-    regression_before = load_regression(regression_path)
-    key = hashlib.sha256(orjson.dumps({
-        "dataset": curated_manifest["id"], "examples": examples_sha,
-        "config": config.section_hash("split", "model", "output", "prompt"),
+    path: Path
+    manifest: dict[str, Any]
+    examples_sha256: str
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+
+def read_curated(config: PipelineConfig) -> CuratedSource:
+    path = resolve_dataset(config)
+    try:
+        manifest = read_manifest(path / "manifest.json", CurateManifest)
+    except ContractError as exc:
+        raise SplitError(str(exc)) from None
+    return CuratedSource(path, manifest, file_sha256(path / "examples.jsonl"))
+
+
+def identify(config: PipelineConfig, source: CuratedSource) -> Stage:
+    """The split's id: a hash of the dataset, the config sections it reads and the code."""
+    return Stage.identify("split", "spl", Path(config.split.output_dir), {
+        "dataset": source.id, "examples": source.examples_sha256,
+        "config": config.section_hash(*CONFIG_SECTIONS),
         "dedup": config.curate.dedup.model_dump(), "name": config.name, "code": code_version(),
-    }, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    split_id = f"spl-{key[:12]}"
-    out_root = Path(cfg.output_dir)
-    final = out_root / split_id
-    if (final / "manifest.json").exists() and not force:
-        manifest = orjson.loads((final / "manifest.json").read_bytes())
-        current = file_sha256(regression_path) if regression_path.exists() else None
-        if manifest["regression"]["sha256"] == current:
-            set_latest(out_root, split_id)
-            return SplitResult(split_id, final, manifest, skipped=True)
-    if final.exists():
-        shutil.rmtree(final)
+    })
 
-    examples = list(iter_jsonl(dataset_path / "examples.jsonl"))
-    hasher = _hasher(config)
 
-    # 3. The frozen regression set: carried forward unchanged; drawn by the first split;
-    # appended to only when the config asks.
-    regression = list(regression_before)
-    drawn: list[dict[str, Any]] = []
-    wanted = cfg.regression.size if not regression_before else cfg.regression.append
-    if wanted > 0:
-        outside = near_regression(examples, regression_before, hasher)
-        rag = [e for i, e in enumerate(examples) if i not in outside and e.get("kind", "rag") == "rag"]
-        needed = wanted + cfg.min_validation + cfg.min_train
-        if len(rag) < needed:
-            raise SplitError(
-                f"dataset {curated_manifest['id']} has {len(rag)} RAG examples outside the regression set; "
-                f"drawing {wanted} regression examples and keeping {cfg.min_validation} for validation and "
-                f"{cfg.min_train} for training needs at least {needed}"
-            )
-        rag_groups = group_ids(rag, hasher)
-        fold = stratified_group_fold([e["label"] for e in rag], rag_groups, wanted / len(rag), cfg.seed + 1)
-        chosen = set(rag_groups[fold].tolist())
-        drawn = [{**e, "regression_added_by": split_id} for e, g in zip(rag, rag_groups.tolist()) if g in chosen]
-        regression += drawn
+def finished_split(stage: Stage, regression_path: Path) -> dict[str, Any] | None:
+    """The manifest of this split when it exists and was made with today's regression set."""
+    manifest = stage.finished()
+    current = file_sha256(regression_path) if regression_path.exists() else None
+    if manifest is None or manifest["regression"]["sha256"] != current:
+        return None
+    return manifest
 
-    # Whatever is, or is near, a regression item stays out of train and validation forever.
-    # The first split and every later one take this same path, so a forced re-split of the
-    # same data gives the same sets.
-    excluded = near_regression(examples, regression, hasher)
-    pool = [e for i, e in enumerate(examples) if i not in excluded]
-    groups = group_ids(pool, hasher) if pool else np.zeros(0, np.int64)
 
-    # 4. Train / validation, stratified by label, whole groups.
+def grow_regression(examples: list[dict[str, Any]], before: list[dict[str, Any]], config: PipelineConfig,
+                    hasher: MinHasher, dataset_id: str, split_id: str) -> list[dict[str, Any]]:
+    """The examples newly drawn into the frozen regression set: `size` by the first split,
+    `append` by each later one (0 keeps it as it is); whole groups, stratified by label."""
+    cfg = config.split
+    wanted = cfg.regression.size if not before else cfg.regression.append
+    if wanted <= 0:
+        return []
+    outside = near_regression(examples, before, hasher)
+    rag = [e for i, e in enumerate(examples) if i not in outside and e.get("kind", "rag") == "rag"]
+    needed = wanted + cfg.min_validation + cfg.min_train
+    if len(rag) < needed:
+        raise SplitError(
+            f"dataset {dataset_id} has {len(rag)} RAG examples outside the regression set; "
+            f"drawing {wanted} regression examples and keeping {cfg.min_validation} for validation and "
+            f"{cfg.min_train} for training needs at least {needed}"
+        )
+    rag_groups = group_ids(rag, hasher)
+    fold = stratified_group_fold([e["label"] for e in rag], rag_groups, wanted / len(rag), cfg.seed + 1)
+    chosen = set(rag_groups[fold].tolist())
+    return [{**e, "regression_added_by": split_id} for e, g in zip(rag, rag_groups.tolist()) if g in chosen]
+
+
+def train_validation(pool: list[dict[str, Any]], cfg: SplitConfig, hasher: MinHasher,
+                     dataset_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and validation from what the regression set leaves: stratified by label, whole groups."""
     needed = max(cfg.min_validation + cfg.min_train, int(np.ceil(cfg.min_validation / cfg.validation_fraction)))
     if len(pool) < needed:
         raise SplitError(
-            f"dataset {curated_manifest['id']} leaves {len(pool)} examples for train and validation; "
+            f"dataset {dataset_id} leaves {len(pool)} examples for train and validation; "
             f"validation_fraction {cfg.validation_fraction} with min_validation {cfg.min_validation} and "
             f"min_train {cfg.min_train} needs at least {needed}"
         )
-    fold = stratified_group_fold([e["label"] for e in pool], groups, cfg.validation_fraction, cfg.seed)
-    validation_index = set(fold.tolist())
+    groups = group_ids(pool, hasher)
+    validation_index = set(stratified_group_fold([e["label"] for e in pool], groups, cfg.validation_fraction,
+                                                 cfg.seed).tolist())
     train = [e for i, e in enumerate(pool) if i not in validation_index]
     validation = [e for i, e in enumerate(pool) if i in validation_index]
     if len(validation) < cfg.min_validation or len(train) < cfg.min_train:
@@ -313,98 +323,131 @@ def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None)
             f"the split gave {len(train)} train and {len(validation)} validation examples; the config asks for at "
             f"least {cfg.min_train} and {cfg.min_validation}: add data or lower split.min_validation"
         )
+    return train, validation
 
-    # 5. No question in two sets.
+
+def jsonl_bytes(items: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in items)
+
+
+def write_openai_exports(tmp: Path, sets: dict[str, list[dict[str, Any]]], config: PipelineConfig,
+                         tokenizer: Any) -> dict[str, Any]:
+    """Write <set>.openai.jsonl for train and validation, check them with OpenAI's format
+    checks, count their tokens and estimate the fine-tuning bill."""
+    lengths: dict[str, list[int]] = {}
+    format_checks: dict[str, Any] = {}
+    token_stats: dict[str, Any] = {}
+    for name in ("train", "validation"):
+        lines, lengths[name] = [], []
+        for e in sets[name]:
+            messages = render_messages(e, config.prompt, config.output)
+            lines.append(orjson.dumps({"messages": messages}) + b"\n")
+            lengths[name].append(_token_count(tokenizer, messages))
+        path = tmp / f"{name}.openai.jsonl"
+        write_bytes_atomic(path, b"".join(lines))
+        report = check_file(path)
+        format_checks[name] = {"ok": report.ok, "examples": report.examples, "problems": report.problems(),
+                               "missing_system": report.missing_system, "missing_user": report.missing_user}
+        if not report.ok:
+            raise SplitError(f"{name}.openai.jsonl fails OpenAI's format checks: " + "; ".join(report.problems()))
+        token_stats[name] = _stats(lengths[name])
+    token_stats["regression"] = _stats([_token_count(tokenizer, render_messages(e, config.prompt, config.output))
+                                        for e in sets["regression"]])
+    openai = config.split.openai
+    epochs = None if openai.n_epochs == "auto" else openai.n_epochs
+    billing = billing_estimate(lengths["train"], openai.max_tokens_per_example, openai.price_per_million_tokens, epochs)
+    return {"tokens": token_stats,
+            "over_max_seq_tokens": {name: sum(n > config.model.max_seq_tokens for n in lengths[name])
+                                    for name in lengths},
+            "openai": {"format_checks": format_checks, "billing": billing}}
+
+
+def write_baseline_prompt(tmp: Path, validation: list[dict[str, Any]], shots: list[dict[str, Any]],
+                          config: PipelineConfig, tokenizer: Any) -> dict[str, Any]:
+    """The baseline prompt, frozen with the split so eval uses exactly these shots; returns
+    the prompt tokens per validation query of the fine-tune and of the baseline."""
+    prompt_tokens: dict[str, list[int]] = {"finetune": [], "baseline": []}
+    for e in validation:
+        if e.get("kind", "rag") != "rag":
+            continue
+        prompt_tokens["finetune"].append(_token_count(
+            tokenizer, render_messages(e, config.prompt, config.output, with_answer=False), True))
+        prompt_tokens["baseline"].append(_token_count(
+            tokenizer, render_messages(e, config.prompt, config.output, with_answer=False, baseline_shots=shots), True))
+    (tmp / "baseline_prompt.json").write_bytes(dumps({
+        "system": config.prompt.baseline_system.replace("{idk}", config.output.idk_answer),
+        "few_shot_ids": [e["id"] for e in shots],
+        "few_shot": shots,
+    }))
+    return {"prompt_tokens_per_query": {k: round(float(np.mean(v)), 1) if v else 0 for k, v in prompt_tokens.items()}}
+
+
+def describe_split(sets: dict[str, list[dict[str, Any]]], curated: int, excluded: int,
+                   regression_path: Path, before: list[dict[str, Any]], drawn: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's counts, labels, groups and regression-set bookkeeping."""
+    return {
+        "counts": {name: len(items) for name, items in sets.items()}
+        | {"curated": curated, "held_out_for_regression": excluded},
+        "labels": {name: dict(sorted(Counter(e["label"] for e in items).items())) for name, items in sets.items()},
+        "groups": {name: len({e.get("cluster_id") for e in sets[name]}) for name in ("train", "validation")},
+        "regression": {
+            "path": str(regression_path),
+            "carried_forward": len(before),
+            "drawn": len(drawn) if not before else 0,
+            "appended": len(drawn) if before else 0,
+            "size": len(sets["regression"]),
+            "sha256": hashlib.sha256(jsonl_bytes(sets["regression"])).hexdigest(),
+        },
+    }
+
+
+def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None) -> SplitResult:
+    """The recipe of the module docstring, step by step."""
+    started = time.perf_counter()
+    source = read_curated(config)
+    regression_path = config.regression_path()
+    stage = identify(config, source)
+    if not force and (done := finished_split(stage, regression_path)) is not None:
+        return SplitResult(stage.ident, stage.final, done, skipped=True)
+
+    examples = list(iter_jsonl(source.path / "examples.jsonl"))
+    hasher = _hasher(config)
+    regression_before = load_regression(regression_path)
+    drawn = grow_regression(examples, regression_before, config, hasher, source.id, stage.ident)
+    regression = regression_before + drawn
+    # Whatever is, or is near, a regression item stays out of train and validation forever.
+    # The first split and every later one take this same path, so a forced re-split of the
+    # same data gives the same sets.
+    excluded = near_regression(examples, regression, hasher)
+    pool = [e for i, e in enumerate(examples) if i not in excluded]
+    train, validation = train_validation(pool, config.split, hasher, source.id)
     sets = {"train": train, "validation": validation, "regression": regression}
     check_leakage(sets, hasher)
 
-    # 6. Write everything.
     if tokenizer is None:
         from pipelines.models import load_tokenizer
 
         tokenizer = load_tokenizer(config.model.base)
-    shots = choose_few_shot(train, config.prompt.few_shot, cfg.seed, config.output.idk_answer)
-    token_stats: dict[str, Any] = {}
-    billing: dict[str, Any] = {}
-    format_checks: dict[str, Any] = {}
-    with atomic_dir(final) as tmp:
+    shots = choose_few_shot(train, config.prompt.few_shot, config.split.seed, config.output.idk_answer)
+    with stage.commit(latest=False) as tmp:
         for name, items in sets.items():
-            write_bytes_atomic(tmp / f"{name}.jsonl", b"".join(orjson.dumps(e) + b"\n" for e in items))
-        lengths: dict[str, list[int]] = {}
-        for name in ("train", "validation"):
-            lines, lengths[name] = [], []
-            for e in sets[name]:
-                messages = render_messages(e, config.prompt, config.output)
-                lines.append(orjson.dumps({"messages": messages}) + b"\n")
-                lengths[name].append(_token_count(tokenizer, messages))
-            path = tmp / f"{name}.openai.jsonl"
-            write_bytes_atomic(path, b"".join(lines))
-            report = check_file(path)
-            format_checks[name] = {"ok": report.ok, "examples": report.examples, "problems": report.problems(),
-                                   "missing_system": report.missing_system, "missing_user": report.missing_user}
-            if not report.ok:
-                raise SplitError(f"{name}.openai.jsonl fails OpenAI's format checks: " + "; ".join(report.problems()))
-            token_stats[name] = _stats(lengths[name])
-        token_stats["regression"] = _stats([_token_count(tokenizer, render_messages(e, config.prompt, config.output))
-                                            for e in regression])
-        epochs = None if cfg.openai.n_epochs == "auto" else cfg.openai.n_epochs
-        billing = billing_estimate(lengths["train"], cfg.openai.max_tokens_per_example,
-                                   cfg.openai.price_per_million_tokens, epochs)
-        over_context = {name: sum(n > config.model.max_seq_tokens for n in lengths[name]) for name in lengths}
-
-        # The baseline prompt, frozen with the split so eval uses exactly these shots.
-        prompt_tokens = {"finetune": [], "baseline": []}
-        for e in validation:
-            if e.get("kind", "rag") != "rag":
-                continue
-            prompt_tokens["finetune"].append(_token_count(
-                tokenizer, render_messages(e, config.prompt, config.output, with_answer=False), True))
-            prompt_tokens["baseline"].append(_token_count(
-                tokenizer, render_messages(e, config.prompt, config.output, with_answer=False, baseline_shots=shots), True))
-        (tmp / "baseline_prompt.json").write_bytes(dumps({
-            "system": config.prompt.baseline_system.replace("{idk}", config.output.idk_answer),
-            "few_shot_ids": [e["id"] for e in shots],
-            "few_shot": shots,
-        }))
-
+            write_bytes_atomic(tmp / f"{name}.jsonl", jsonl_bytes(items))
+        exports = write_openai_exports(tmp, sets, config, tokenizer)
+        baseline = write_baseline_prompt(tmp, validation, shots, config, tokenizer)
         _write_hf_copy(tmp / "hf", sets, config)
-        regression_bytes = b"".join(orjson.dumps(e) + b"\n" for e in regression)
-        manifest = {
-            "stage": "split",
-            "id": split_id,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "code_version": code_version(),
-            "config_hash": config.section_hash("split", "model", "output", "prompt"),
-            "pipeline": config.name,
-            "dataset": {"id": curated_manifest["id"], "path": str(dataset_path), "examples_sha256": examples_sha},
-            "seed": cfg.seed,
-            "counts": {name: len(items) for name, items in sets.items()}
-            | {"curated": len(examples), "held_out_for_regression": len(excluded)},
-            "labels": {name: dict(sorted(Counter(e["label"] for e in items).items())) for name, items in sets.items()},
-            "groups": {"train": len({e.get("cluster_id") for e in train}),
-                       "validation": len({e.get("cluster_id") for e in validation})},
-            "regression": {
-                "path": str(regression_path),
-                "carried_forward": len(regression_before),
-                "drawn": len(drawn) if not regression_before else 0,
-                "appended": len(drawn) if regression_before else 0,
-                "size": len(regression),
-                "sha256": hashlib.sha256(regression_bytes).hexdigest(),
-            },
-            "tokens": token_stats,
-            "over_max_seq_tokens": over_context,
-            "prompt_tokens_per_query": {k: round(float(np.mean(v)), 1) if v else 0 for k, v in prompt_tokens.items()},
-            "openai": {"format_checks": format_checks, "billing": billing},
-            "few_shot_ids": [e["id"] for e in shots],
-            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
-            "timings": {"total_s": round(time.perf_counter() - started, 3)},
-        }
+        dataset = {"id": source.id, "path": str(source.path), "examples_sha256": source.examples_sha256}
+        manifest = (stage.base_manifest(config, CONFIG_SECTIONS, dataset=dataset, seed=config.split.seed)
+                    | describe_split(sets, len(examples), len(excluded), regression_path, regression_before, drawn)
+                    | exports | baseline
+                    | {"few_shot_ids": [e["id"] for e in shots],
+                       "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+                       "timings": {"total_s": round(time.perf_counter() - started, 3)}})
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     # The regression set is pipeline state: written only after the split landed.
-    if regression != regression_before:
-        write_bytes_atomic(regression_path, regression_bytes)
-    set_latest(out_root, split_id)
-    return SplitResult(split_id, final, manifest, skipped=False)
+    if drawn:
+        write_bytes_atomic(regression_path, jsonl_bytes(regression))
+    stage.mark_latest()
+    return SplitResult(stage.ident, stage.final, manifest, skipped=False)
 
 
 def _write_hf_copy(target: Path, sets: dict[str, list[dict[str, Any]]], config: PipelineConfig) -> None:

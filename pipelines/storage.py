@@ -129,10 +129,6 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
 
 
-def read_json(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
-
-
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, "rb") as handle:
         for line in handle:

@@ -1,10 +1,12 @@
-"""The shipped YAML and the embedded defaults are one configuration, and every key in the
-YAML is commented."""
+"""The shipped YAML and the embedded defaults are one configuration, rendered from the models
+with every key commented; overrides are validated exactly like the file."""
 
 from __future__ import annotations
 
 import re
+import sys
 
+import pytest
 import yaml
 from conftest import REPO
 
@@ -24,9 +26,9 @@ def test_default_yaml_sets_every_field_and_says_what_it_is():
     data = yaml.safe_load(DEFAULT.read_text())
 
     def keys(model, prefix=""):
-        for name, field in type(model).model_fields.items():
+        for name in type(model).model_fields:
             value = getattr(model, name)
-            if hasattr(value, "model_fields"):
+            if hasattr(type(value), "model_fields"):
                 yield from keys(value, f"{prefix}{name}.")
             else:
                 yield f"{prefix}{name}"
@@ -50,3 +52,79 @@ def test_default_yaml_sets_every_field_and_says_what_it_is():
             if re.match(r"\s*[a-z_]+: \S", line) and "#" not in line
             and not (i and lines[i - 1].strip().startswith("#"))]
     assert not bare, f"uncommented keys in default.yaml: {bare}"
+
+
+def _leaf_fields(model_class, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model_class.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _leaf_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def test_default_yaml_is_rendered_from_the_models():
+    """default.yaml is generated (scripts/gen_default_config.py): the committed file is
+    exactly what the models render, so keys, defaults and comments cannot drift."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from gen_default_config import render_default_yaml
+
+    text = DEFAULT.read_text()
+    assert text == render_default_yaml(), "default.yaml is out of date: run scripts/gen_default_config.py"
+    assert text.startswith("# Run it: make all")
+
+
+def test_every_setting_says_what_it_is():
+    from pipelines.config import PipelineConfig, UserSuiteConfig
+
+    bare = [path for model in (PipelineConfig, UserSuiteConfig) for path, field in _leaf_fields(model)
+            if not field.description]
+    assert not bare, f"fields without Field(description=...): {bare}"
+
+
+def test_overrides_are_read_as_yaml_and_win_over_the_file(tmp_path):
+    from pipelines.config import load_config
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("train:\n  epochs: 3\n  learning_rate: 0.001\n")
+    config = load_config(cfg, ["train.epochs=2", "split.dataset=cur-abc", "curate.inputs=[a, 'b c']",
+                               "train.max_steps=null", "eval.suites.regression=false", "name=other"])
+    assert config.train.epochs == 2.0 and config.train.learning_rate == 0.001  # the rest of the file stays
+    assert config.split.dataset == "cur-abc" and config.curate.inputs == ["a", "b c"]
+    assert config.train.max_steps is None and config.eval.suites.regression is False and config.name == "other"
+    assert load_config(None, ["train.epochs=5"]).train.epochs == 5.0
+    # Code may pass Python values by key.
+    assert load_config(None, {"curate.inputs": ["x"]}).curate.inputs == ["x"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochz=3", "--set train.epochz: unknown key (did you mean 'epochs'?)"),
+    ("trian.epochs=3", "--set trian.epochs: trian: unknown key (did you mean 'train'?)"),
+    ("train.epochs=many", "--set train.epochs: Input should be a valid number"),
+    ("train.epochs=-1", "--set train.epochs: Input should be greater than 0"),
+    ("train.epochs", "--set train.epochs: expected dotted.key=value"),
+    ("=3", "--set =3: expected dotted.key=value"),
+    ("train..epochs=3", "expected dotted.key=value"),
+    ("train.epochs.x=1", "--set train.epochs.x: train.epochs is a value, not a section"),
+    ("train.epochs=[1", "--set train.epochs: the value is not valid YAML"),
+])
+def test_a_bad_override_is_an_error_naming_it(tmp_path, override, message):
+    from pipelines.config import ConfigError, load_config
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("train:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(cfg, [override])
+    assert message in str(error.value)
+
+
+def test_a_bad_key_in_the_file_is_still_named_by_its_path(tmp_path):
+    from pipelines.config import ConfigError, load_config
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(cfg, ["train.epochs=2"])
+    assert "  train.epochz: unknown key (did you mean 'epochs'?)" in str(error.value)
+    assert "--set" not in str(error.value)

@@ -77,6 +77,26 @@ def test_split_is_byte_identical_for_the_same_inputs_and_seed(workspace):
     assert (other / "train.jsonl").read_bytes() != (copy / "train.jsonl").read_bytes()
 
 
+def test_a_forced_split_that_fails_keeps_the_old_split_and_the_regression_set(workspace, monkeypatch):
+    workspace.write_logs("a.jsonl", rag_logs(120, sessions=10))
+    cfg = split_config(workspace)
+    _, first = curate_and_split(workspace, cfg)
+    before = {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    state = workspace.root / "pipeline-state" / "regression.jsonl"
+    frozen = state.read_bytes()
+    latest = (first.parent / "LATEST").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-split")
+
+    monkeypatch.setattr("pipelines.split._write_hf_copy", crash)
+    with pytest.raises(RuntimeError, match="killed mid-split"):
+        workspace.run("split", "--config", str(cfg), "--force")
+    assert {p.relative_to(first): p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+    assert state.read_bytes() == frozen and (first.parent / "LATEST").read_bytes() == latest
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted(["LATEST", first.name])
+
+
 def test_groups_never_straddle_sets_and_labels_are_stratified(workspace):
     workspace.write_logs("a.jsonl", rag_logs(160, sessions=15))
     cfg = split_config(workspace)
@@ -165,6 +185,19 @@ def test_too_small_a_dataset_says_how_many_are_needed(workspace):
 def test_split_without_a_curated_dataset_is_a_clear_error(workspace):
     result = workspace.run("split", "--config", str(split_config(workspace)))
     assert result.exit_code == 1 and "run `make curate` first" in result.output
+
+
+def test_a_malformed_curated_manifest_is_a_one_line_error_naming_it(workspace):
+    workspace.write_logs("a.jsonl", rag_logs(120, sessions=10))
+    cfg = split_config(workspace)
+    assert workspace.run("curate", "--config", str(cfg)).exit_code == 0
+    curated = workspace.root / "datasets" / "curated"
+    manifest = curated / (curated / "LATEST").read_text().strip() / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["decision"]
+    manifest.write_text(json.dumps(data))
+    result = workspace.run("split", "--config", str(cfg))
+    assert result.exit_code == 1 and "manifest.json: decision: Field required" in result.output
 
 
 def test_leakage_check_catches_a_planted_duplicate():
