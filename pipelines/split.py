@@ -273,11 +273,8 @@ def identify(config: PipelineConfig, source: CuratedSource) -> Stage:
 
 def finished_split(stage: Stage, regression_path: Path) -> dict[str, Any] | None:
     """The manifest of this split when it exists and was made with today's regression set."""
-    manifest = stage.finished()
     current = file_sha256(regression_path) if regression_path.exists() else None
-    if manifest is None or manifest["regression"]["sha256"] != current:
-        return None
-    return manifest
+    return stage.finished(still_valid=lambda manifest: manifest["regression"]["sha256"] == current)
 
 
 def grow_regression(examples: list[dict[str, Any]], before: list[dict[str, Any]], config: PipelineConfig,

@@ -25,7 +25,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,11 +67,15 @@ class Stage:
     def manifest_path(self) -> Path:
         return self.final / "manifest.json"
 
-    def finished(self) -> dict[str, Any] | None:
-        """The manifest of a finished output with this id (and LATEST pointed at it), or None."""
+    def finished(self, still_valid: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """The manifest of a finished output with this id (and LATEST pointed at it), or None.
+        `still_valid` can reject a finished output whose outside state moved on (split's
+        regression set); LATEST is then left alone."""
         if not self.manifest_path.exists():
             return None
         manifest = orjson.loads(self.manifest_path.read_bytes())
+        if still_valid is not None and not still_valid(manifest):
+            return None
         self.mark_latest()
         return manifest
 
