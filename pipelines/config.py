@@ -364,10 +364,16 @@ class SuitesConfig(Strict):
     validation: bool = True
     regression: bool = True
     # refit's own general-capability guards (evals/suites/<name>.jsonl).
-    guards: list[Literal["instruction_following", "arithmetic", "refusal"]] = [
-        "instruction_following", "arithmetic", "refusal"]
+    guards: list[str] = ["instruction_following", "arithmetic", "refusal"]
     guard_limit: int | None = Field(None, ge=1)  # the first N items of each guard suite
     user: list[UserSuiteConfig] = []
+
+    @field_validator("guards")
+    @classmethod
+    def _known_guards(cls, names: list[str]) -> list[str]:
+        from evals.suites import check_guard_names  # the suites table names the guards
+
+        return check_guard_names(names)
 
 
 class GateConfig(Strict):
