@@ -75,98 +75,125 @@ def metric_bars(suite: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def write_html(report: dict[str, Any], suites: list[Any], generations: dict[str, dict[str, list[Any]]],
-               scores: dict[str, dict[str, list[dict[str, Any]]]], config: PipelineConfig, target: Path) -> None:
+def _header(report: dict[str, Any]) -> list[str]:
     gate = report["gate"]
-    conf = f"{report['confidence']:.0%}"
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>refit eval {_e(report['id'])}</title>"
-           f"<style>{CSS}</style></head><body>"]
-    out.append(f"<h1>refit eval {_e(report['id'])}</h1>")
-    out.append(f"<p class='muted'>pipeline {_e(report['pipeline'])} · run {_e(report['run']['id'])} "
-               f"({_e(report['run']['backend'])}) · split {_e(report['split']['id'])} · {_e(report['created_at'])}</p>")
     cls = "vpass" if gate["passed"] else "vfail"
-    out.append(f"<div class='verdict {cls}'>Gate: {_e(gate['summary'])}</div>")
+    return [f"<!doctype html><html><head><meta charset='utf-8'><title>refit eval {_e(report['id'])}</title>"
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>refit eval {_e(report['id'])}</h1>",
+            f"<p class='muted'>pipeline {_e(report['pipeline'])} · run {_e(report['run']['id'])} "
+            f"({_e(report['run']['backend'])}) · split {_e(report['split']['id'])} · {_e(report['created_at'])}</p>",
+            f"<div class='verdict {cls}'>Gate: {_e(gate['summary'])}</div>"]
 
-    out.append("<h2>Contenders</h2><table><tr><th>name</th><th>model</th><th>backend</th><th>prompt</th>"
-               "<th>run</th><th>registry version</th></tr>")
+
+def _contenders(report: dict[str, Any]) -> list[str]:
+    out = ["<h2>Contenders</h2><table><tr><th>name</th><th>model</th><th>backend</th><th>prompt</th>"
+           "<th>run</th><th>registry version</th></tr>"]
     for name, c in report["contenders"].items():
         out.append(f"<tr><td><span class='sw' style='background:{COLOURS.get(name, '#555')}'></span>{_e(name)}</td>"
                    f"<td>{_e(c['model'])}</td><td>{_e(c['backend'])}</td><td>{_e(c['prompt'])}</td>"
                    f"<td>{_e(c['run_id'] or '-')}</td><td>{_e(c['registry_version'] or '-')}</td></tr>")
-    out.append("</table>")
+    return [*out, "</table>"]
 
-    out.append("<h2>Gate</h2><table><tr><th>rule</th><th>result</th><th>value</th><th>threshold</th><th>numbers</th></tr>")
-    for rule in gate["rules"]:
+
+def _gate(report: dict[str, Any]) -> list[str]:
+    out = ["<h2>Gate</h2><table><tr><th>rule</th><th>result</th><th>value</th><th>threshold</th><th>numbers</th></tr>"]
+    for rule in report["gate"]["rules"]:
         status = "<span class='pass'>pass</span>" if rule["passed"] else "<span class='fail'>FAIL</span>"
         out.append(f"<tr><td>{_e(rule['rule'])}</td><td>{status}</td><td class='num'>{_num(rule['value'])}</td>"
                    f"<td>{_e(rule['threshold'])}</td><td>{_e(rule['detail'])}</td></tr>")
-    out.append("</table>")
+    return [*out, "</table>"]
 
-    out.append("<h2>Token cost per query</h2><table><tr><th>suite</th><th>contender</th><th>prompt tokens</th>"
-               "<th>completion tokens</th><th>USD per 1,000 queries</th></tr>")
+
+def _token_cost(report: dict[str, Any]) -> list[str]:
+    out = ["<h2>Token cost per query</h2><table><tr><th>suite</th><th>contender</th><th>prompt tokens</th>"
+           "<th>completion tokens</th><th>USD per 1,000 queries</th></tr>"]
     for sname, suite in report["suites"].items():
         for cname, c in suite["contenders"].items():
             t = c["tokens"]
             out.append(f"<tr><td>{_e(sname)}</td><td>{_e(cname)}</td><td class='num'>{t['prompt_per_query']:,.1f}</td>"
                        f"<td class='num'>{t['completion_per_query']:,.1f}</td>"
                        f"<td class='num'>{t['cost_per_1000_queries']:.4f}</td></tr>")
-    out.append("</table>")
+    return [*out, "</table>"]
 
-    for sname, suite in report["suites"].items():
-        out.append(f"<h2>Suite: {_e(sname)} <span class='muted'>(n={suite['n']}, primary metric "
-                   f"{_e(suite['primary_metric'])}; bars: means with {conf} bootstrap intervals)</span></h2>")
-        out.append("<div class='legend'>" + "".join(
-            f"<span><span class='sw' style='background:{COLOURS.get(n, '#555')}'></span>{_e(n)}</span>"
-            for n in suite["contenders"]) + "</div>")
-        out.append(metric_bars(suite))
-        if suite["comparisons"]:
-            out.append(f"<table><tr><th>metric</th><th>vs</th><th>delta (candidate - other)</th><th>{conf} CI</th>"
-                       "<th>n</th><th>conclusion</th></tr>")
-            for other, by_metric in suite["comparisons"].items():
-                for name in SHOWN_METRICS:
-                    cmp = by_metric.get(name)
-                    if not cmp or cmp["n"] == 0:
-                        continue
-                    out.append(f"<tr><td>{_e(name)}</td><td>{_e(other)}</td><td class='num'>{_num(cmp['delta'], True)}</td>"
-                               f"<td class='num'>[{_num(cmp['low'], True)}, {_num(cmp['high'], True)}]</td>"
-                               f"<td class='num'>{cmp['n']}</td><td>{_e(cmp['conclusion'])}</td></tr>")
-            out.append("</table>")
-        labels = suite["contenders"]["candidate"]["labels"]
-        if len(labels) > 1:
-            metric = suite["primary_metric"]
-            out.append("<table><tr><th>label</th><th>n</th>" + "".join(
-                f"<th>{_e(c)} {_e(metric)}</th>" for c in suite["contenders"]) + "<th>candidate format_valid</th></tr>")
-            for label, row in labels.items():
-                cells = "".join(f"<td class='num'>{_num(suite['contenders'][c]['labels'][label].get(metric))}</td>"
-                                for c in suite["contenders"])
-                out.append(f"<tr><td>{_e(label)}</td><td class='num'>{row['n']}</td>{cells}"
-                           f"<td class='num'>{_num(row.get('format_valid'))}</td></tr>")
-            out.append("</table>")
 
-    # Wins and losses on the primary suite: where the candidate and the baseline differ most.
-    primary = config.eval.gate.primary_suite
-    suite = next((s for s in suites if s.name == primary), None)
-    if suite is not None and "baseline" in scores:
-        metric = report["suites"][primary]["primary_metric"]
-        cand, base = scores["candidate"][primary], scores["baseline"][primary]
-        deltas = [((c.get(metric) or 0.0) - (b.get(metric) or 0.0), i) for i, (c, b) in enumerate(zip(cand, base))]
-        wins = [d for d in sorted(deltas, reverse=True) if d[0] > 0][:5]
-        losses = [d for d in sorted(deltas) if d[0] < 0][:5]
-        for title, rows in (("Wins", wins), ("Losses", losses)):
-            out.append(f"<h2>{title} on {_e(primary)} <span class='muted'>({metric}, candidate vs baseline; "
-                       f"{len([d for d in deltas if (d[0] > 0) == (title == 'Wins') and d[0] != 0])} in all)</span></h2>")
-            if not rows:
-                out.append("<p class='muted'>none</p>")
+def _comparisons(suite: dict[str, Any], conf: str) -> list[str]:
+    if not suite["comparisons"]:
+        return []
+    out = [f"<table><tr><th>metric</th><th>vs</th><th>delta (candidate - other)</th><th>{conf} CI</th>"
+           "<th>n</th><th>conclusion</th></tr>"]
+    for other, by_metric in suite["comparisons"].items():
+        for name in SHOWN_METRICS:
+            cmp = by_metric.get(name)
+            if not cmp or cmp["n"] == 0:
                 continue
-            out.append("<table><tr><th>question and documents</th><th>gold</th><th>candidate</th><th>baseline</th></tr>")
-            for delta, i in rows:
-                item = suite.items[i]
-                docs = "\n\n".join(f"[{c['id']}] {c['text'][:400]}" for c in item["contexts"])
-                gold = " | ".join(item["answers"]) or "(no answer: should refuse)"
-                out.append(f"<tr><td><b>{_e(item['query'])}</b> <span class='muted'>({_e(item['label'])}, "
-                           f"delta {delta:+.2f})</span><pre>{_e(docs)}</pre></td><td>{_e(gold)}</td>"
-                           f"<td><pre>{_e(generations['candidate'][primary][i].text)}</pre></td>"
-                           f"<td><pre>{_e(generations['baseline'][primary][i].text)}</pre></td></tr>")
-            out.append("</table>")
+            out.append(f"<tr><td>{_e(name)}</td><td>{_e(other)}</td><td class='num'>{_num(cmp['delta'], True)}</td>"
+                       f"<td class='num'>[{_num(cmp['low'], True)}, {_num(cmp['high'], True)}]</td>"
+                       f"<td class='num'>{cmp['n']}</td><td>{_e(cmp['conclusion'])}</td></tr>")
+    return [*out, "</table>"]
+
+
+def _labels(suite: dict[str, Any]) -> list[str]:
+    labels = suite["contenders"]["candidate"]["labels"]
+    if len(labels) <= 1:
+        return []
+    metric = suite["primary_metric"]
+    out = ["<table><tr><th>label</th><th>n</th>" + "".join(
+        f"<th>{_e(c)} {_e(metric)}</th>" for c in suite["contenders"]) + "<th>candidate format_valid</th></tr>"]
+    for label, row in labels.items():
+        cells = "".join(f"<td class='num'>{_num(suite['contenders'][c]['labels'][label].get(metric))}</td>"
+                        for c in suite["contenders"])
+        out.append(f"<tr><td>{_e(label)}</td><td class='num'>{row['n']}</td>{cells}"
+                   f"<td class='num'>{_num(row.get('format_valid'))}</td></tr>")
+    return [*out, "</table>"]
+
+
+def _suite_section(sname: str, suite: dict[str, Any], conf: str) -> list[str]:
+    return [f"<h2>Suite: {_e(sname)} <span class='muted'>(n={suite['n']}, primary metric "
+            f"{_e(suite['primary_metric'])}; bars: means with {conf} bootstrap intervals)</span></h2>",
+            "<div class='legend'>" + "".join(
+                f"<span><span class='sw' style='background:{COLOURS.get(n, '#555')}'></span>{_e(n)}</span>"
+                for n in suite["contenders"]) + "</div>",
+            metric_bars(suite), *_comparisons(suite, conf), *_labels(suite)]
+
+
+def _wins_and_losses(report: dict[str, Any], suites: list[Any], generations: dict[str, dict[str, list[Any]]],
+                     scores: dict[str, dict[str, list[dict[str, Any]]]], primary: str) -> list[str]:
+    """Where the candidate and the baseline differ most on the primary suite."""
+    suite = next((s for s in suites if s.name == primary), None)
+    if suite is None or "baseline" not in scores:
+        return []
+    metric = report["suites"][primary]["primary_metric"]
+    cand, base = scores["candidate"][primary], scores["baseline"][primary]
+    deltas = [((c.get(metric) or 0.0) - (b.get(metric) or 0.0), i) for i, (c, b) in enumerate(zip(cand, base))]
+    wins = [d for d in sorted(deltas, reverse=True) if d[0] > 0][:5]
+    losses = [d for d in sorted(deltas) if d[0] < 0][:5]
+    out = []
+    for title, rows in (("Wins", wins), ("Losses", losses)):
+        out.append(f"<h2>{title} on {_e(primary)} <span class='muted'>({metric}, candidate vs baseline; "
+                   f"{len([d for d in deltas if (d[0] > 0) == (title == 'Wins') and d[0] != 0])} in all)</span></h2>")
+        if not rows:
+            out.append("<p class='muted'>none</p>")
+            continue
+        out.append("<table><tr><th>question and documents</th><th>gold</th><th>candidate</th><th>baseline</th></tr>")
+        for delta, i in rows:
+            item = suite.items[i]
+            docs = "\n\n".join(f"[{c['id']}] {c['text'][:400]}" for c in item["contexts"])
+            gold = " | ".join(item["answers"]) or "(no answer: should refuse)"
+            out.append(f"<tr><td><b>{_e(item['query'])}</b> <span class='muted'>({_e(item['label'])}, "
+                       f"delta {delta:+.2f})</span><pre>{_e(docs)}</pre></td><td>{_e(gold)}</td>"
+                       f"<td><pre>{_e(generations['candidate'][primary][i].text)}</pre></td>"
+                       f"<td><pre>{_e(generations['baseline'][primary][i].text)}</pre></td></tr>")
+        out.append("</table>")
+    return out
+
+
+def write_html(report: dict[str, Any], suites: list[Any], generations: dict[str, dict[str, list[Any]]],
+               scores: dict[str, dict[str, list[dict[str, Any]]]], config: PipelineConfig, target: Path) -> None:
+    conf = f"{report['confidence']:.0%}"
+    out = [*_header(report), *_contenders(report), *_gate(report), *_token_cost(report)]
+    for sname, suite in report["suites"].items():
+        out += _suite_section(sname, suite, conf)
+    out += _wins_and_losses(report, suites, generations, scores, config.eval.gate.primary_suite)
     out.append("</body></html>")
     target.write_text("\n".join(out), encoding="utf-8")

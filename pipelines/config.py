@@ -373,12 +373,19 @@ class UserSuiteConfig(Strict):
 class SuitesConfig(Strict):
     validation: bool = Field(True, description="the split's validation set")
     regression: bool = Field(True, description="the frozen regression set (never trained on)")
-    guards: list[Literal["instruction_following", "arithmetic", "refusal"]] = Field(
+    guards: list[str] = Field(
         ["instruction_following", "arithmetic", "refusal"],
         description="refit's general-capability guards (evals/suites/)")
     guard_limit: int | None = Field(None, ge=1, description="the first N items of each guard suite; null: all")
     user: list[UserSuiteConfig] = Field(
         [], description="[{name, path, limit}]: JSONL {question, context(s), answers}, GSM8K JSONL or SQuAD 2.0 JSON")
+
+    @field_validator("guards")
+    @classmethod
+    def _known_guards(cls, names: list[str]) -> list[str]:
+        from evals.suites import check_guard_names  # the suites table names the guards
+
+        return check_guard_names(names)
 
 
 class GateConfig(Strict):

@@ -121,8 +121,27 @@ class RunManifest(Manifest):
 
 
 class EvalManifest(Manifest):
+    """manifest.json of an eval: what promote checks the eval against (the run it measured,
+    the champion it measured against, the config it ran with)."""
+
+    pipeline: str
+    config_hash: str
     run: dict[str, Any]
+    split: IdRef
+    champion: dict[str, Any] | None
+    suites: dict[str, Any]
     gate: dict[str, Any]
+
+
+class GateVerdict(BaseModel):
+    """The gate's verdict in report.json (evals/gate.py `decide`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    passed: bool
+    rules: list[dict[str, Any]]
+    failed: list[str]
+    summary: str
 
 
 class EvalReport(BaseModel):
@@ -132,10 +151,12 @@ class EvalReport(BaseModel):
 
     id: str
     created_at: str
-    run: dict[str, Any]
+    pipeline: str
+    run: IdRef
+    split: IdRef
     contenders: dict[str, Any]
     suites: dict[str, Any]
-    gate: dict[str, Any]
+    gate: GateVerdict
 
 
 def read_manifest(path: Path, model: type[BaseModel] = Manifest) -> dict[str, Any]:

@@ -222,3 +222,38 @@ def test_scores_of_fixed_predictions():
     assert right["refusal_accuracy"] == 1.0 and right["f1"] == 1.0 and right["f1_no_answer"] == 1.0
     wrong = score(unanswerable, json.dumps({"answer": "Yes [refund-policy].", "citations": ["refund-policy"]}), config)
     assert wrong["refusal_accuracy"] == 0.0 and wrong["f1"] == 0.0
+
+
+def test_champion_refusals():
+    from evals.gate import champion_refusals
+
+    passed = {"passed": True, "failed": []}
+    failed = {"passed": False, "failed": ["beats_baseline", "format_floor"]}
+    assert champion_refusals(passed, champion_source="registry", measured="3", current="3", version="4") == []
+    assert champion_refusals(passed, champion_source="registry", measured=None, current=None, version="1") == []
+    assert champion_refusals(failed, champion_source="registry", measured="3", current="3", version="4") == [
+        "the gate failed: beats_baseline, format_floor"]
+    stale = "the champion moved since this eval measured against it (3 -> 5); run `make eval` again"
+    assert champion_refusals(passed, champion_source="registry", measured="3", current="5", version="4") == [stale]
+    assert champion_refusals(failed, champion_source="registry", measured="3", current="5", version="4") == [
+        "the gate failed: beats_baseline, format_floor", stale]
+    assert champion_refusals(passed, champion_source="registry", measured=None, current="2", version="4") == [
+        "the champion moved since this eval measured against it (none -> 2); run `make eval` again"]
+    # Already the champion, or a champion not taken from the registry: nothing is stale.
+    assert champion_refusals(passed, champion_source="registry", measured="3", current="4", version="4") == []
+    assert champion_refusals(passed, champion_source="none", measured=None, current="5", version="4") == []
+
+
+def test_guard_suite_names_come_from_the_suites_table():
+    from evals.scorers import SCORERS
+    from evals.suites import GUARD_DIR, GUARD_SUITES, SUITES
+    from pipelines.config import ConfigError, load_config
+
+    for name in GUARD_SUITES:
+        assert (GUARD_DIR / f"{name}.jsonl").exists() and SUITES[name].scorer in SCORERS
+    assert set(load_config().eval.suites.guards) <= set(GUARD_SUITES)
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides={"eval.suites.guards": ["arithmetic", "arithmetik"]})
+    message = str(error.value)
+    assert "eval.suites.guards" in message and "'arithmetik'" in message
+    assert all(name in message for name in GUARD_SUITES)
