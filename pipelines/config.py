@@ -45,6 +45,9 @@ class OutputConfig(Strict):
     format: Literal["json", "text"] = "json"
     # The one sentence a model must say when the documents lack the answer.
     idk_answer: str = "I don't know based on the provided documents."
+    # Share of an answer's content words that must occur in the documents for them to
+    # support it: curate's "answer in the context" rules and eval's citation validity.
+    min_support: float = Field(0.6, gt=0.0, le=1.0)
 
 
 class PromptConfig(Strict):
@@ -157,9 +160,6 @@ class CurateConfig(Strict):
     # Turn positively rated answers that pass the format, citation and grounding rules into
     # "keep this behaviour" examples.
     keep_positive: bool = True
-    # Share of an answer's content words that must appear in the contexts for the answer to
-    # count as "in the context" (rule labelling and synthetic "I don't know" examples).
-    min_context_support: float = Field(0.6, gt=0.0, le=1.0)
     # Lines longer than this are quarantined unread (bytes).
     max_line_bytes: int = Field(1 << 20, ge=1024)
     # Raw text kept per quarantined line (after scrubbing); the file and line number point
