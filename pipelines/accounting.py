@@ -4,7 +4,8 @@
 
 A line is counted once, when its fate is final: quarantined as it is read, backlog or
 filtered as it is routed, and a training candidate only later, when it is kept or dropped
-(too long, a duplicate), so nothing is ever counted and then taken back. Examples derived
+(too long, a duplicate), so nothing is ever counted and then taken back (the datatrove
+way: a filter says why it drops, and the pipeline counts drops by reason). Examples derived
 from records (synthetic "I don't know", general instructions) are no input lines: they are
 counted apart, as `added`, and so are the derived ones dropped.
 """
@@ -23,6 +24,8 @@ class Accounting:
         self.added: Counter = Counter()  # source -> derived examples written
         self.added_dropped: Counter = Counter()  # reason -> derived examples not written
         self.labels: dict[str, Counter] = defaultdict(Counter)  # label -> where its records went
+        self.candidates = 0  # lines that became training candidates
+        self.decided = 0  # candidates kept or dropped since
 
     def read(self) -> int:
         self.lines["read"] += 1
@@ -37,12 +40,26 @@ class Accounting:
         self.labels[label]["backlog"] += 1
 
     def filter(self, reason: str, label: str) -> None:
+        """A line routed out (no feedback, weak reasoning, ...)."""
         self.filtered[reason] += 1
         self.labels[label]["filtered"] += 1
 
+    def candidate(self, label: str) -> None:
+        """A line that became a training candidate; it is counted when `keep` or
+        `filter_candidate` decides its fate. Its label's example column exists from here
+        on, so a label whose every candidate was dropped reads "example: 0"."""
+        self.candidates += 1
+        self.labels[label]["example"] += 0
+
     def keep(self, label: str) -> None:
+        self.decided += 1
         self.lines["kept"] += 1
         self.labels[label]["example"] += 1
+
+    def filter_candidate(self, reason: str, label: str) -> None:
+        """A candidate dropped (too long, a duplicate)."""
+        self.decided += 1
+        self.filter(reason, label)
 
     def add(self, source: str) -> None:
         self.added[source] += 1
@@ -56,6 +73,8 @@ class Accounting:
 
     def check(self) -> None:
         """Raise when a line is in no bucket or in two (a bug, never bad input)."""
+        if self.decided != self.candidates:
+            raise AssertionError(f"accounting broken: {self.candidates} candidates, {self.decided} kept or dropped")
         accounted = (self.lines["kept"] + self.lines["quarantined"] + self.lines["backlog"]
                      + sum(self.filtered.values()))
         if accounted != self.lines["read"]:

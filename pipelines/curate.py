@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import heapq
 import random
 import time
 from collections import Counter
@@ -43,7 +42,7 @@ from pipelines.answers import Answer, AnswerContract
 from pipelines.config import CurateConfig, PipelineConfig
 from pipelines.curate_report import Backlog, decide, render_report
 from pipelines.minhash import MinHasher, clusters, text_fingerprint
-from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, parse_line
+from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, parse_line, sample_general
 from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
 from pipelines.scrub import Scrubber
 from pipelines.stage import Stage
@@ -250,6 +249,8 @@ class Candidates:
         self.fingerprints_arr = np.zeros(0, dtype=np.uint64)
 
     def add(self, candidate: dict[str, Any]) -> None:
+        if candidate["_from_record"]:
+            self.accounting.candidate(candidate["label"])
         self.pending.append(candidate)
         if len(self.pending) >= self.BATCH:
             self.flush()
@@ -259,7 +260,7 @@ class Candidates:
         for candidate, n in zip(self.pending, self.tokens.lengths(self.pending)):
             if n > self.max_tokens:
                 if candidate["_from_record"]:
-                    self.accounting.filter("too_long", candidate["label"])
+                    self.accounting.filter_candidate("too_long", candidate["label"])
                 else:
                     self.accounting.drop_added("too_long")
                 continue
@@ -301,7 +302,7 @@ class Candidates:
                 self.accounting.drop_added("duplicate")
                 continue
             exact = fingerprints[i] == fingerprints[representative[cluster_of[i]]]
-            self.accounting.filter("duplicate_exact" if exact else "duplicate_near", self.labels[i])
+            self.accounting.filter_candidate("duplicate_exact" if exact else "duplicate_near", self.labels[i])
         self.fingerprints_arr = fingerprints
 
     def kept(self) -> Iterator[tuple[int, dict[str, Any], bool]]:
@@ -593,50 +594,3 @@ def synthetic_idk(example: dict[str, Any], pool: list[list[dict[str, str]]], rng
             "cluster_id": example["cluster_id"],
         }
     return None
-
-
-def sample_general(path: Path, wanted: int, rng: random.Random, scrub: Any, skipped: Counter) -> list[dict[str, Any]]:
-    """A seeded sample of `wanted` general instructions (reservoir: the file may be large)."""
-    if wanted <= 0:
-        return []
-    heap: list[tuple[float, int, dict[str, Any]]] = []
-    with open(path, "rb") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                item = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                skipped["invalid_json"] += 1
-                continue
-            if not (isinstance(item, dict) and isinstance(item.get("query"), str) and isinstance(item.get("answer"), str)):
-                skipped["missing_query_or_answer"] += 1
-                continue
-            key = rng.random()
-            entry = (key, line_no, item)
-            if len(heap) < wanted:
-                heapq.heappush(heap, entry)
-            elif key > heap[0][0]:
-                heapq.heapreplace(heap, entry)
-    out = []
-    for _, line_no, item in sorted(heap, key=lambda e: e[1]):
-        ident = str(item.get("id") or f"{path.name}:{line_no}")
-        out.append({
-            "id": "gen-" + hashlib.blake2b(ident.encode(), digest_size=6).hexdigest(),
-            "kind": "general",
-            "source": "general",
-            "query": scrub(item["query"]),
-            "contexts": [],
-            "ideal_answer": scrub(item["answer"]),
-            "label": "general",
-            "labels": [],
-            "label_source": "general",
-            "rule": None,
-            "log_id": ident,
-            "session_id": None,
-            "timestamp": None,
-            "file": str(path),
-            "line": line_no,
-            "cluster_id": "g-" + hashlib.blake2b(ident.encode(), digest_size=6).hexdigest(),
-        })
-    return out

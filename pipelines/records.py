@@ -1,4 +1,5 @@
-"""Reading log records: one JSONL line -> a LogRecord, or the reason it is quarantined.
+"""Reading the inputs: one log line -> a LogRecord, or the reason it is quarantined; and a
+seeded sample of the general-instruction file.
 
 Field names come from `curate.fields`, as dotted paths (`feedback.rating`,
 `retrieval.0.text`), so a team's own log format is read without a conversion step. Every
@@ -9,6 +10,10 @@ the field but never its value (reasons reach the report unscrubbed).
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -242,3 +247,51 @@ class QuarantineFile:
             entry["raw"] = text[: self.max_chars]
             entry["raw_truncated"] = len(text) > self.max_chars
         self.fh.write(orjson.dumps(entry) + b"\n")
+
+
+def sample_general(path: Path, wanted: int, rng: random.Random, scrub: Any,
+                   skipped: Counter) -> list[dict[str, Any]]:
+    """A seeded sample of `wanted` general instructions (reservoir: the file may be large)."""
+    if wanted <= 0:
+        return []
+    heap: list[tuple[float, int, dict[str, Any]]] = []
+    with open(path, "rb") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                skipped["invalid_json"] += 1
+                continue
+            if not (isinstance(item, dict) and isinstance(item.get("query"), str) and isinstance(item.get("answer"), str)):
+                skipped["missing_query_or_answer"] += 1
+                continue
+            key = rng.random()
+            entry = (key, line_no, item)
+            if len(heap) < wanted:
+                heapq.heappush(heap, entry)
+            elif key > heap[0][0]:
+                heapq.heapreplace(heap, entry)
+    out = []
+    for _, line_no, item in sorted(heap, key=lambda e: e[1]):
+        ident = str(item.get("id") or f"{path.name}:{line_no}")
+        out.append({
+            "id": "gen-" + hashlib.blake2b(ident.encode(), digest_size=6).hexdigest(),
+            "kind": "general",
+            "source": "general",
+            "query": scrub(item["query"]),
+            "contexts": [],
+            "ideal_answer": scrub(item["answer"]),
+            "label": "general",
+            "labels": [],
+            "label_source": "general",
+            "rule": None,
+            "log_id": ident,
+            "session_id": None,
+            "timestamp": None,
+            "file": str(path),
+            "line": line_no,
+            "cluster_id": "g-" + hashlib.blake2b(ident.encode(), digest_size=6).hexdigest(),
+        })
+    return out
