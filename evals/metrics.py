@@ -7,7 +7,8 @@ them per suite and per failure label, and compares contenders example by example
 Answer matching follows SQuAD 2.0's official script exactly: lowercase, strip punctuation,
 drop the articles a/an/the, collapse whitespace; exact match and token F1 take the maximum
 over the gold answers; an unanswerable item has the gold answer "" and is matched only by
-an empty prediction, which is what a refusal becomes.
+an empty prediction, which is what a refusal becomes. Reading an output (citations, refusal,
+format, support) is pipelines/answers.py, the contract curate shares.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
+
+from pipelines.answers import Answer, parse_answer, support
+from pipelines.config import OutputConfig
 
 # --------------------------------------------------------------------------- SQuAD
 
@@ -73,134 +75,41 @@ def max_f1(prediction: str, answers: Sequence[str]) -> float:
 
 # --------------------------------------------------------------------------- reading outputs
 
-_CITATION = re.compile(r"\[([A-Za-z0-9][A-Za-z0-9_.:#/-]*)\]")
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-_REFUSAL = re.compile(
-    r"\b(?:i\s+(?:do\s+not|don'?t|dont)\s+know|i\s+(?:cannot|can'?t|am\s+unable\s+to)\s+(?:answer|find|tell)"
-    r"|(?:is|are)\s+not\s+(?:mentioned|provided|stated|specified|given)\s+in\s+the\s+(?:provided\s+)?"
-    r"(?:documents?|context)|(?:documents?|context)\s+(?:does|do)\s+not\s+(?:contain|say|mention|provide))",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class ParsedOutput:
-    answer: str  # the answer text with its [doc-id] markers removed
-    citations: tuple[str, ...]  # ids listed in "citations" plus ids cited inline
-    format_valid: bool  # the whole output is exactly the pipeline's format
-    refusal: bool
-
-
-def strip_citations(text: str) -> str:
-    return " ".join(_CITATION.sub(" ", text).split())
-
-
-def is_refusal(text: str, idk_answer: str) -> bool:
-    if not text.strip():
-        return False
-    if normalize_answer(idk_answer) and normalize_answer(idk_answer) in normalize_answer(text):
-        return True
-    return bool(_REFUSAL.search(text.replace("\u2019", "'")))
-
-
-def _json_object(text: str) -> Any:
-    """The output as a JSON object, leniently: whole, inside a ``` fence, or the first
-    {...} span. None when there is none."""
-    candidates = [text.strip()]
-    fenced = _FENCE.match(text.strip())
-    if fenced:
-        candidates.append(fenced.group(1))
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        candidates.append(text[start:end + 1])
-    for candidate in candidates:
-        try:
-            value = orjson.loads(candidate)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
-def json_format_valid(text: str) -> bool:
-    """The pipeline's JSON schema: exactly one object, nothing around it, with a string
-    "answer" and a list of string "citations" and no other keys."""
-    try:
-        value = orjson.loads(text.strip())
-    except orjson.JSONDecodeError:
-        return False
-    return (isinstance(value, dict) and set(value) == {"answer", "citations"} and isinstance(value["answer"], str)
-            and isinstance(value["citations"], list) and all(isinstance(c, str) for c in value["citations"]))
+# How an output is read (its citations, refusal, format, and support by the documents) is the
+# pipeline's one answer contract, pipelines/answers.py, which curate uses too.
+ParsedOutput = Answer
 
 
 def parse_output(text: str, output_format: str, idk_answer: str) -> ParsedOutput:
     """Read a RAG answer in the pipeline's output format ("json" or "text")."""
-    if output_format == "json":
-        valid = json_format_valid(text)
-        obj = _json_object(text)
-        if obj is not None and isinstance(obj.get("answer"), str):
-            raw = obj["answer"]
-            listed = obj.get("citations") if isinstance(obj.get("citations"), list) else []
-            listed = [c for c in listed if isinstance(c, str)]
-        else:
-            raw, listed = text, []
-    else:
-        raw, listed = text, []
-        valid = bool(text.strip())
-    cited = tuple(dict.fromkeys([*listed, *_CITATION.findall(raw)]))
-    refusal = is_refusal(raw, idk_answer)
-    if output_format == "text" and valid and not refusal:
-        valid = bool(cited)  # the text format's contract: inline [doc-id] citations
-    return ParsedOutput(answer=strip_citations(raw), citations=cited, format_valid=valid, refusal=refusal)
+    return parse_answer(text, output_format, idk_answer)
 
 
 # --------------------------------------------------------------------------- grounding
 
-_STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from as is are was were be been being it its this that these "
-    "those you your we our they their he she his her i me my can could will would should may might must do does did "
-    "not no yes so than then there here what which who whom when where why how all any each some such only also "
-    "into about over under after before up down out".split()
-)
+# The default of `output.min_support`; the runner should pass the configured value.
+DEFAULT_MIN_SUPPORT: float = OutputConfig.model_fields["min_support"].default
 
 
-def content_tokens(text: str) -> list[str]:
-    return [t for t in normalize_answer(text).split() if t not in _STOPWORDS]
-
-
-def supported_share(answer: str, source: str) -> float | None:
-    """The share of the answer's content words that occur in the source; None for an
-    answer without content words."""
-    words = content_tokens(answer)
-    if not words:
-        return None
-    vocabulary = set(normalize_answer(source).split())
-    return sum(w in vocabulary for w in words) / len(words)
-
-
-# A cited document "supports" the answer when at least this share of the answer's content
-# words occur in it.
-SUPPORT_THRESHOLD = 0.5
-
-
-def citation_valid(parsed: ParsedOutput, contexts: Sequence[dict[str, Any]]) -> int | None:
+def citation_valid(parsed: ParsedOutput, contexts: Sequence[dict[str, Any]],
+                   min_support: float = DEFAULT_MIN_SUPPORT) -> int | None:
     """1 when the answer cites at least one document, every cited id is one of the given
-    documents, and at least one cited document supports the answer; None for a refusal or
-    an item without documents (nothing to cite)."""
+    documents, and at least one cited document alone supports the answer; None for a
+    refusal or an item without documents (nothing to cite)."""
     if parsed.refusal or not contexts:
         return None
     texts = {c["id"]: c.get("text", "") for c in contexts}
     if not parsed.citations or any(c not in texts for c in parsed.citations):
         return 0
-    return int(any((supported_share(parsed.answer, texts[c]) or 0.0) >= SUPPORT_THRESHOLD for c in parsed.citations))
+    shares = (support(parsed, [texts[c]]) for c in parsed.citations)
+    return int(any(share is None or share >= min_support for share in shares))
 
 
 def groundedness(parsed: ParsedOutput, contexts: Sequence[dict[str, Any]]) -> float | None:
     """The share of the answer's content words found in the given documents."""
     if parsed.refusal or not contexts:
         return None
-    return supported_share(parsed.answer, " ".join(c.get("text", "") for c in contexts))
+    return support(parsed, [c.get("text", "") for c in contexts])
 
 
 # --------------------------------------------------------------------------- the bootstrap

@@ -25,7 +25,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.schema import TAXONOMY_LABELS
+from pipelines.routing import TAXONOMY_LABELS
 
 
 class Strict(BaseModel):
@@ -52,6 +52,11 @@ class OutputConfig(Strict):
         "json", description='json: {"answer": "... [doc-id]", "citations": ["doc-id"]}; text: prose')
     # The one sentence a model must say when the documents lack the answer.
     idk_answer: str = Field("I don't know based on the provided documents.", description="the one refusal sentence")
+    # One threshold for curate's "answer in the context" rules and eval's citation validity
+    # and groundedness (pipelines/answers.py), so the two stages judge an answer alike.
+    min_support: float = Field(
+        0.6, gt=0.0, le=1.0,
+        description='share of answer words found in the documents = "supported by them"')
 
 
 class PromptConfig(Strict):
@@ -160,10 +165,6 @@ class CurateConfig(Strict):
     # Turn positively rated answers that pass the format, citation and grounding rules into
     # "keep this behaviour" examples.
     keep_positive: bool = Field(True, description="positively rated answers that pass the rules become examples")
-    # Share of an answer's content words that must appear in the contexts for the answer to
-    # count as "in the context" (rule labelling and synthetic "I don't know" examples).
-    min_context_support: float = Field(
-        0.6, gt=0.0, le=1.0, description='share of answer words found in the contexts = "answer in context"')
     max_line_bytes: int = Field(1 << 20, ge=1024, description="longer lines are quarantined unread")
     # Raw text kept per quarantined line (after scrubbing); the file and line number point
     # at the rest.

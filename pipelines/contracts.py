@@ -37,10 +37,33 @@ class IdRef(BaseModel):
     id: str
 
 
+class CurateCounts(BaseModel):
+    """Where every input line went (read = kept + quarantined + backlog + sum(filtered)),
+    and the derived examples added."""
+
+    model_config = ConfigDict(extra="allow")
+
+    read: int
+    kept: int
+    quarantined: int
+    backlog: int
+    filtered: dict[str, int]
+    added: dict[str, int]
+    examples: int
+
+
+class CurateDecision(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    verdict: str
+    why: str
+
+
 class CurateManifest(Manifest):
-    counts: dict[str, Any]
-    decision: dict[str, Any]
+    counts: CurateCounts
+    decision: CurateDecision
     inputs: list[dict[str, Any]]
+    files: dict[str, str]  # examples.jsonl, rag_backlog.jsonl, quarantine.jsonl -> sha256
 
 
 class SplitCounts(BaseModel):

@@ -473,3 +473,45 @@ def test_unrecognised_labels_are_reported_not_trained(workspace):
     assert manifest["unknown_labels"] == {"vibes": 1}
     assert manifest["rule_labels"] == {"format_invalid -> bad_format": 1}
     assert "label_aliases" in (out / "report.md").read_text()
+
+
+def test_curate_and_eval_read_an_answer_alike():
+    """One answer contract (pipelines/answers.py): curate's rules and eval's metrics agree on
+    citations, refusal and format, and split can ask whether an ideal answer cites."""
+    from evals import metrics as M
+    from pipelines.answers import AnswerContract, is_cited_answer
+    from pipelines.config import OutputConfig
+
+    output = OutputConfig()
+    rules = AnswerContract(output)
+    for raw in (GOOD, IDK, answer("Refunds within 30 days."), "Refunds [refund-policy].",
+                "```json\n" + GOOD + "\n```", answer("The documents do not contain the price."),
+                json.dumps({"answer": "Yes [a]", "citations": ["a"], "extra": 1})):
+        ours, theirs = rules.parse(raw), M.parse_output(raw, output.format, output.idk_answer)
+        assert (ours.citations, ours.refusal, ours.format_valid) == (theirs.citations, theirs.refusal,
+                                                                     theirs.format_valid), raw
+    assert is_cited_answer(GOOD, output) and not is_cited_answer(IDK, output)
+    assert not is_cited_answer(answer("Refunds within 30 days."), output)  # compact JSON, no citations
+    assert is_cited_answer(rules.canonical(rules.parse(GOOD)), output)  # curate writes compact JSON
+
+
+def test_accounting_counts_each_line_once():
+    import pytest
+
+    from pipelines.accounting import Accounting
+
+    acc = Accounting()
+    for _ in range(4):
+        acc.read()
+    acc.quarantine("invalid JSON: at 3")
+    acc.filter("no_feedback", "none")
+    acc.candidate("bad_format")
+    acc.candidate("bad_format")
+    with pytest.raises(AssertionError, match="candidates"):
+        acc.check()  # two candidates still undecided
+    acc.keep("bad_format")
+    acc.filter_candidate("too_long", "bad_format")
+    acc.add("idk_synthetic")
+    acc.check()
+    assert acc.counts()["examples"] == 2 and acc.quarantine_reasons == {"invalid JSON": 1}
+    assert acc.label_table()["bad_format"] == {"example": 1, "filtered": 1}

@@ -44,7 +44,7 @@ def test_the_sample_covers_what_it_promises_and_curates_cleanly(workspace):
     assert c["read"] - c["quarantined"] >= 600
     assert c["quarantined"] / c["read"] >= 0.01
     assert c["read"] == c["kept"] + c["quarantined"] + c["backlog"] + sum(c["filtered"].values())
-    from pipelines.schema import TAXONOMY_LABELS
+    from pipelines.routing import TAXONOMY_LABELS
 
     assert TAXONOMY_LABELS <= set(m["labels"]), TAXONOMY_LABELS - set(m["labels"])
     assert m["rule_labels"] and m["labels"]["positive"]["example"] > 0
