@@ -87,7 +87,7 @@ def parse_output(text: str, output_format: str, idk_answer: str) -> ParsedOutput
 
 # --------------------------------------------------------------------------- grounding
 
-# The default of `output.min_support`; the runner should pass the configured value.
+# The default of `output.min_support`; the scorer passes the configured value.
 DEFAULT_MIN_SUPPORT: float = OutputConfig.model_fields["min_support"].default
 
 

@@ -43,7 +43,7 @@ def score_rag(item: dict[str, Any], text: str, config: PipelineConfig) -> Scores
         "f1": f1, "exact_match": em, "format_valid": float(parsed.format_valid),
         "refusal_accuracy": None if answerable else float(parsed.refusal),
         "false_refusal": float(parsed.refusal) if answerable else None,
-        "citation_valid": M.citation_valid(parsed, item["contexts"]) if answerable else None,
+        "citation_valid": M.citation_valid(parsed, item["contexts"], config.output.min_support) if answerable else None,
         "groundedness": M.groundedness(parsed, item["contexts"]),
         "f1_has_answer": f1 if answerable else None, "exact_match_has_answer": em if answerable else None,
         "f1_no_answer": None if answerable else f1, "exact_match_no_answer": None if answerable else em,

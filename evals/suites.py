@@ -147,13 +147,14 @@ class SuiteSpec:
 
 
 SUITES: dict[str, SuiteSpec] = {
-    "validation": SuiteSpec("split", load_split_suite, None, "auto", 1),
-    "regression": SuiteSpec("split", load_split_suite, None, "auto", 1),
+    # 2: answers read through pipelines/answers.py (one support threshold, output.min_support).
+    "validation": SuiteSpec("split", load_split_suite, None, "auto", 2),
+    "regression": SuiteSpec("split", load_split_suite, None, "auto", 2),
     "instruction_following": SuiteSpec("guard", load_guard_suite, "instruction", "accuracy", 1),
     "arithmetic": SuiteSpec("guard", load_guard_suite, "numeric", "accuracy", 1),
-    "refusal": SuiteSpec("guard", load_guard_suite, "rag", "gate", 1),
+    "refusal": SuiteSpec("guard", load_guard_suite, "rag", "gate", 2),
 }
-USER_SUITE = SuiteSpec("user", load_user_suite, None, "auto", 1)  # each of eval.suites.user
+USER_SUITE = SuiteSpec("user", load_user_suite, None, "auto", 2)  # each of eval.suites.user
 
 GUARD_SUITES = tuple(name for name, spec in SUITES.items() if spec.kind == "guard")
 

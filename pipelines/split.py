@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipelines.config import PipelineConfig, SplitConfig
+from pipelines.answers import is_cited_answer, parse_answer
+from pipelines.config import OutputConfig, PipelineConfig, SplitConfig
 from pipelines.contracts import ContractError, CurateManifest, read_manifest
 from pipelines.minhash import MinHasher, band_collisions, components, text_fingerprint
 from pipelines.openai_format import billing_estimate, check_file
@@ -212,15 +213,16 @@ def _stats(values: list[int]) -> dict[str, Any]:
             "median": int(np.median(arr)), "p95": int(np.percentile(arr, 95)), "max": int(arr.max())}
 
 
-def choose_few_shot(train: list[dict[str, Any]], k: int, seed: int, idk_answer: str) -> list[dict[str, Any]]:
+def choose_few_shot(train: list[dict[str, Any]], k: int, seed: int, output: OutputConfig) -> list[dict[str, Any]]:
     """k RAG examples from train for the baseline prompt: one "I don't know" when there is
     one, the rest answered with citations and spread over labels."""
     if k <= 0:
         return []
     rng = random.Random(seed)
     rag = [e for e in train if e.get("kind", "rag") == "rag"]
-    idk = [e for e in rag if idk_answer in e["ideal_answer"]]
-    answered = [e for e in rag if idk_answer not in e["ideal_answer"] and '"citations": []' not in e["ideal_answer"]]
+    # Read by the answer contract, not matched as text (curate writes compact JSON).
+    idk = [e for e in rag if parse_answer(e["ideal_answer"], output.format, output.idk_answer).refusal]
+    answered = [e for e in rag if is_cited_answer(e["ideal_answer"], output)]
     rng.shuffle(answered)
     chosen: list[dict[str, Any]] = []
     labels_used: set[str] = set()
@@ -425,7 +427,7 @@ def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None)
         from pipelines.models import load_tokenizer
 
         tokenizer = load_tokenizer(config.model.base)
-    shots = choose_few_shot(train, config.prompt.few_shot, config.split.seed, config.output.idk_answer)
+    shots = choose_few_shot(train, config.prompt.few_shot, config.split.seed, config.output)
     with stage.commit(latest=False) as tmp:
         for name, items in sets.items():
             write_bytes_atomic(tmp / f"{name}.jsonl", jsonl_bytes(items))

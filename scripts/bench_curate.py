@@ -142,14 +142,16 @@ def run_reference(logs: Path, workdir: Path) -> dict:
 
     from datasketch import MinHash, MinHashLSH
 
+    from pipelines.answers import AnswerContract
     from pipelines.config import PipelineConfig
-    from pipelines.curate import AnswerRules, RecordReader, normalise_labels, route
     from pipelines.models import load_tokenizer
+    from pipelines.records import RecordReader
+    from pipelines.routing import normalise_labels, route
 
     config = PipelineConfig()
     tokenizer = load_tokenizer(config.model.base)
     patterns = [(name, re.compile(p, re.S)) for name, p in REFERENCE_PATTERNS]
-    rules = AnswerRules(config.output, config.curate.min_context_support)
+    rules = AnswerContract(config.output)
     reader = RecordReader(config)
     lsh = MinHashLSH(threshold=config.curate.dedup.threshold, num_perm=config.curate.dedup.num_perm)
     n = config.curate.dedup.ngram
