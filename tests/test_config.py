@@ -128,3 +128,12 @@ def test_a_bad_key_in_the_file_is_still_named_by_its_path(tmp_path):
         load_config(cfg, ["train.epochs=2"])
     assert "  train.epochz: unknown key (did you mean 'epochs'?)" in str(error.value)
     assert "--set" not in str(error.value)
+
+
+def test_a_moved_key_names_where_it_went(tmp_path):
+    from pipelines.config import ConfigError, load_config
+
+    path = tmp_path / "old.yaml"
+    path.write_text("curate:\n  min_context_support: 0.5\n")
+    with pytest.raises(ConfigError, match=r"curate.min_context_support: unknown key \(moved to 'output.min_support'\)"):
+        load_config(path)
