@@ -38,11 +38,11 @@ def test_set_is_validated_like_the_file(workspace):
 
 
 @pytest.mark.parametrize("args, names", [
-    (["split", "--set", "split.validation_fractoin=0.3"], ["split.validation_fractoin", "did you mean"]),
-    (["split", "--set", "trian.epochs=2"], ["trian.epochs=2", "unknown key"]),
-    (["train", "--set", "train.epochs=two"], ["train.epochs=two"]),
-    (["train", "--set", "train.epochs"], ["train.epochs", "dotted.key=value"]),
-    (["curate", "--set", "name.x=1"], ["name.x=1", "not a section"]),
+    (["split", "--set", "split.validation_fractoin=0.3"], ["split.validation_fractoin"]),  # unknown key
+    (["split", "--set", "trian.epochs=2"], ["trian"]),  # unknown section
+    (["train", "--set", "train.epochs=two"], ["train.epochs"]),  # wrong type
+    (["train", "--set", "train.epochs"], ["train.epochs"]),  # no value
+    (["curate", "--set", "name.x=1"], ["name"]),  # a value, not a section
 ])
 def test_a_bad_set_exits_2_with_one_line_naming_the_key(workspace, args, names):
     cfg = workspace.config()
@@ -59,3 +59,13 @@ def test_a_bad_backend_flag_exits_2_instead_of_training_lora(workspace):
     assert result.exit_code == 2, result.output
     lines = _stderr_lines(result)
     assert len(lines) == 1 and "train.backend" in lines[0] and "lora2" in lines[0], lines
+
+
+@pytest.mark.parametrize("command", ["curate", "split", "train", "eval", "promote", "rollback", "history", "status",
+                                     "retrain"])
+def test_every_command_with_a_config_takes_set(workspace, command):
+    cfg = workspace.config()
+    extra = ["--reason", "a test"] if command == "rollback" else []
+    result = workspace.run(command, "--config", str(cfg), *extra, "--set", "train.epochz=2")
+    assert result.exit_code == 2, result.output
+    assert "train.epochz" in result.stderr
