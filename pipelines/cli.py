@@ -330,7 +330,7 @@ def _show_openai_trained(result: Any) -> None:
 # --------------------------------------------------------------------------- eval
 
 
-def print_verdict(report: dict[str, Any]) -> None:
+def _show_verdict(report: dict[str, Any]) -> None:
     """The per-suite headline numbers and every gate rule, on stdout."""
     for name, suite in report["suites"].items():
         metric = suite["primary_metric"]
@@ -367,7 +367,7 @@ def eval_(
     else:
         others = ", ".join(c for c in report["contenders"] if c != "candidate")
         say(f"Evaluated {report['run']['id']} against {others} -> {result.eval_id}")
-    print_verdict(report)
+    _show_verdict(report)
     say(f"Report:   {result.path / 'report.html'}   (report.json, predictions/, manifest.json)")
     if report["gate"]["passed"]:
         say(f"Next:     make promote   (or: refit promote --config {config})")
