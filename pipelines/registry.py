@@ -324,29 +324,30 @@ def _source(config: PipelineConfig, mlflow_client: Any, ev: Evaluated) -> tuple[
         return folder.resolve().as_uri(), None
 
 
-def _find_version(mlflow_client: Any, name: str, eval_id: str) -> Any | None:
+def _versions_tagged(mlflow_client: Any, name: str, tag: str, value: str) -> list[Any]:
+    """The versions of `name` whose `tag` is `value`, oldest first."""
     from mlflow.exceptions import MlflowException
 
     try:
-        found = mlflow_client.search_model_versions(f"name = '{name}' and tags.`{TAG_EVAL}` = '{eval_id}'")
+        found = mlflow_client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
     except MlflowException:  # a server without tag filters
-        found = [v for v in mlflow_client.search_model_versions(f"name = '{name}'") if v.tags.get(TAG_EVAL) == eval_id]
-    return min(found, key=lambda v: int(v.version)) if found else None
+        found = [v for v in mlflow_client.search_model_versions(f"name = '{name}'") if v.tags.get(tag) == value]
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _find_version(mlflow_client: Any, name: str, eval_id: str) -> Any | None:
+    found = _versions_tagged(mlflow_client, name, TAG_EVAL, eval_id)
+    return found[0] if found else None
 
 
 def versions_of_run(config: PipelineConfig, run_id: str, mlflow_client: Any = None) -> list[Any]:
     from mlflow.exceptions import MlflowException
 
     c = mlflow_client or client(config)
-    name = model_name(config)
     try:
-        found = c.search_model_versions(f"name = '{name}' and tags.`{TAG_RUN}` = '{run_id}'")
+        return _versions_tagged(c, model_name(config), TAG_RUN, run_id)
     except MlflowException:
-        try:
-            found = [v for v in c.search_model_versions(f"name = '{name}'") if v.tags.get(TAG_RUN) == run_id]
-        except MlflowException:
-            return []
-    return sorted(found, key=lambda v: int(v.version))
+        return []
 
 
 def _ensure_model(config: PipelineConfig, mlflow_client: Any) -> None:
