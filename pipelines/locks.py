@@ -1,4 +1,5 @@
-"""File locks: one retrain per pipeline at a time, and alias moves one at a time.
+"""File locks: one retrain per pipeline at a time (pipelines/retrain.py), and alias moves one
+at a time (pipelines/registry.py, which waits up to `registry.lock_timeout_s`).
 
 A lock is an `flock` on a file that also records its holder (pid, host, start time, command).
 The kernel releases an flock when its holder exits, however it exits, so a lock left behind by
@@ -37,6 +38,15 @@ class Lock:
     holder: dict[str, Any]
     # The record a dead holder left behind, when this lock was taken over from it.
     took_over: dict[str, Any] | None = field(default=None)
+
+    def took_over_note(self) -> str | None:
+        """What to log when this lock was taken over from a holder that died without
+        unlocking; None when it was not."""
+        old = self.took_over
+        if not old:
+            return None
+        dead = isinstance(old.get("pid"), int) and old.get("host") == socket.gethostname() and not pid_alive(old["pid"])
+        return f"took over a stale lock left by {describe(old)}" + (" (no longer running)" if dead else "")
 
 
 def describe(holder: dict[str, Any]) -> str:

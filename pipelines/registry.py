@@ -17,7 +17,9 @@ Read top to bottom:
    outside refit (or by a run that crashed between the move and its entry) is found and
    recorded as `external` before the next move.
 4. `rollback` moves `champion` back to the version it replaced (or a named one).
-5. `status` gathers the newest output of every stage and the aliases, for `refit status`.
+
+The model card is written by `pipelines/model_card.py`; `refit status` gathers the aliases
+through `pipelines/status.py`.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ import getpass
 import os
 import socket
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from typing import Any
 import orjson
 
 from pipelines.config import PipelineConfig
-from pipelines.storage import dumps, file_sha256, read_latest, write_bytes_atomic
+from pipelines.stage import utc_now as now
+from pipelines.storage import dumps, file_sha256, write_bytes_atomic
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -84,10 +86,6 @@ def who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 @dataclass
 class Paths:
     root: Path
@@ -115,17 +113,20 @@ def paths(config: PipelineConfig) -> Paths:
 # --------------------------------------------------------------------------- the audit log
 
 
+def _parse_entries(records: Iterable[bytes | str]) -> list[dict[str, Any]]:
+    out = []
+    for record in records:
+        try:
+            out.append(orjson.loads(record))
+        except orjson.JSONDecodeError:
+            continue  # a torn last line from a crash; the registry tag has the entry
+    return out
+
+
 def _entries_from_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    out = []
-    for line in path.read_bytes().splitlines():
-        if line.strip():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                continue  # a torn last line from a crash; the registry tag has the entry
-    return out
+    return _parse_entries(line for line in path.read_bytes().splitlines() if line.strip())
 
 
 def _entries_from_registry(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
@@ -135,14 +136,7 @@ def _entries_from_registry(mlflow_client: Any, name: str) -> list[dict[str, Any]
         tags = mlflow_client.get_registered_model(name).tags
     except MlflowException:
         return []
-    out = []
-    for key, value in tags.items():
-        if key.startswith(AUDIT_TAG):
-            try:
-                out.append(orjson.loads(value))
-            except orjson.JSONDecodeError:
-                continue
-    return out
+    return _parse_entries(value for key, value in tags.items() if key.startswith(AUDIT_TAG))
 
 
 def history(config: PipelineConfig, mlflow_client: Any = None) -> list[dict[str, Any]]:
@@ -244,14 +238,33 @@ class Evaluated:
     run: dict[str, Any]
 
 
+def stage_manifest(folder: Path) -> dict[str, Any] | None:
+    """A stage output's manifest, or None when it is gone or torn: the model card and `refit
+    status` show what they can."""
+    try:
+        return orjson.loads((folder / "manifest.json").read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+
+
+def _read(path: Path, model: Any) -> dict[str, Any]:
+    from pipelines.contracts import ContractError, read_manifest
+
+    try:
+        return read_manifest(path, model)
+    except ContractError as exc:
+        raise RegistryError(str(exc)) from None
+
+
 def load_evaluated(config: PipelineConfig, eval_id: str | None) -> Evaluated:
+    from pipelines.contracts import EvalManifest, EvalReport, RunManifest
     from pipelines.storage import resolve_stage_output
 
     path = resolve_stage_output(Path(config.eval.output_dir), eval_id, "eval", "eval", RegistryError)
     if not (path / "report.json").exists():
         raise RegistryError(f"eval {path.name} has no report.json; run `make eval` again")
-    report = orjson.loads((path / "report.json").read_bytes())
-    manifest = orjson.loads((path / "manifest.json").read_bytes())
+    report = _read(path / "report.json", EvalReport)
+    manifest = _read(path / "manifest.json", EvalManifest)
     if report.get("pipeline", config.name) != config.name:
         raise RegistryError(f"eval {path.name} belongs to pipeline {report['pipeline']!r}, not {config.name!r}")
     run_id = report["run"]["id"]
@@ -262,7 +275,7 @@ def load_evaluated(config: PipelineConfig, eval_id: str | None) -> Evaluated:
     recorded = (manifest.get("run") or {}).get("manifest_sha256")
     if recorded and file_sha256(run_path / "manifest.json") != recorded:
         raise RegistryError(f"run {run_id} changed after eval {path.name} measured it; run `make eval` again")
-    run = orjson.loads((run_path / "manifest.json").read_bytes())
+    run = _read(run_path / "manifest.json", RunManifest)
     return Evaluated(path.name, path, report, manifest, run_path, run)
 
 
@@ -277,41 +290,6 @@ def fmt_primary(report: dict[str, Any]) -> str:
     level = f"{report.get('confidence', 0.95):.0%}"
     return (f"{p['suite']}/{p['metric']} vs baseline {p['delta']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}] "
             f"{level} CI, n={p['n']}")
-
-
-def lineage_tags(config: PipelineConfig, ev: Evaluated) -> dict[str, str]:
-    run, report = ev.run, ev.report
-    dataset = run.get("dataset") or ev.manifest.get("dataset") or {}
-    base = run.get("base_model") or {}
-    p = primary(report)
-    champion = ev.manifest.get("champion") or {}
-    tags = {
-        "refit.pipeline": config.name,
-        TAG_RUN: run["id"],
-        "refit.backend": run.get("backend", "lora"),
-        "refit.base_model": str(base.get("id") or base.get("name") or config.model.base),
-        "refit.dataset_id": str(dataset.get("id")),
-        "refit.dataset_sha256": str(dataset.get("examples_sha256")),
-        "refit.split_id": str((run.get("split") or {}).get("id")),
-        "refit.config_hash": str(run.get("config_hash")),
-        TAG_EVAL: ev.eval_id,
-        "refit.eval_report": str(ev.path / "report.json"),
-        "refit.eval_config_hash": str(ev.manifest.get("config_hash")),
-        "refit.gate": "passed" if report["gate"]["passed"] else "failed",
-        "refit.gate_failed": ",".join(report["gate"]["failed"]) or "none",
-        "refit.primary": fmt_primary(report),
-        "refit.primary_metric": f"{p.get('suite')}/{p.get('metric')}",
-        "refit.champion_at_eval": str(champion.get("registry_version") or "none"),
-        "refit.code_version": str(ev.manifest.get("code_version")),
-    }
-    for key in ("delta", "low", "high", "n"):
-        if p.get(key) is not None:
-            tags[f"refit.primary_{key}"] = f"{p[key]:.6g}" if isinstance(p[key], float) else str(p[key])
-    if run.get("backend") == "openai":
-        tags["refit.openai_model"] = run["openai"]["fine_tuned_model"]
-    else:
-        tags["refit.adapter"] = str(ev.run_path / run.get("adapter", {}).get("path", "adapter"))
-    return tags
 
 
 def _source(config: PipelineConfig, mlflow_client: Any, ev: Evaluated) -> tuple[str, str | None]:
@@ -346,29 +324,30 @@ def _source(config: PipelineConfig, mlflow_client: Any, ev: Evaluated) -> tuple[
         return folder.resolve().as_uri(), None
 
 
-def _find_version(mlflow_client: Any, name: str, eval_id: str) -> Any | None:
+def _versions_tagged(mlflow_client: Any, name: str, tag: str, value: str) -> list[Any]:
+    """The versions of `name` whose `tag` is `value`, oldest first."""
     from mlflow.exceptions import MlflowException
 
     try:
-        found = mlflow_client.search_model_versions(f"name = '{name}' and tags.`{TAG_EVAL}` = '{eval_id}'")
+        found = mlflow_client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
     except MlflowException:  # a server without tag filters
-        found = [v for v in mlflow_client.search_model_versions(f"name = '{name}'") if v.tags.get(TAG_EVAL) == eval_id]
-    return min(found, key=lambda v: int(v.version)) if found else None
+        found = [v for v in mlflow_client.search_model_versions(f"name = '{name}'") if v.tags.get(tag) == value]
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _find_version(mlflow_client: Any, name: str, eval_id: str) -> Any | None:
+    found = _versions_tagged(mlflow_client, name, TAG_EVAL, eval_id)
+    return found[0] if found else None
 
 
 def versions_of_run(config: PipelineConfig, run_id: str, mlflow_client: Any = None) -> list[Any]:
     from mlflow.exceptions import MlflowException
 
     c = mlflow_client or client(config)
-    name = model_name(config)
     try:
-        found = c.search_model_versions(f"name = '{name}' and tags.`{TAG_RUN}` = '{run_id}'")
+        return _versions_tagged(c, model_name(config), TAG_RUN, run_id)
     except MlflowException:
-        try:
-            found = [v for v in c.search_model_versions(f"name = '{name}'") if v.tags.get(TAG_RUN) == run_id]
-        except MlflowException:
-            return []
-    return sorted(found, key=lambda v: int(v.version))
+        return []
 
 
 def _ensure_model(config: PipelineConfig, mlflow_client: Any) -> None:
@@ -413,74 +392,110 @@ class PromoteResult:
         return self.champion_after == self.version
 
 
+def _champion_refusals(gate: dict[str, Any], *, champion_source: str, measured: str | None, current: str | None,
+                       version: str) -> list[str]:
+    """Why `champion` may not move to `version`: the gate failed, or the champion moved since
+    the eval measured against it. Empty when it may. (evals.gate.champion_refusals after the
+    merge; the same signature and messages.)"""
+    refused = []
+    if not gate["passed"]:
+        refused.append(f"the gate failed: {', '.join(gate['failed'])}")
+    if champion_source == "registry" and current not in (measured, version):
+        refused.append(f"the champion moved since this eval measured against it ({measured or 'none'} -> "
+                       f"{current}); run `make eval` again")
+    return refused
+
+
+def _register(config: PipelineConfig, mlflow_client: Any, ev: Evaluated) -> tuple[Any, bool]:
+    """The version of this eval (True: created now), with its lineage complete from the start."""
+    from pipelines.model_card import lineage_tags
+
+    name = model_name(config)
+    version = _find_version(mlflow_client, name, ev.eval_id)
+    if version is not None:
+        return version, False
+    source, mlflow_run = _source(config, mlflow_client, ev)
+    version = mlflow_client.create_model_version(
+        name, source, run_id=mlflow_run, tags=lineage_tags(config, ev),
+        description=f"run {ev.run['id']}, eval {ev.eval_id}: gate {ev.report['gate']['summary']}; "
+                    f"{fmt_primary(ev.report)}")
+    return version, True
+
+
+def _write_card(config: PipelineConfig, mlflow_client: Any, version: Any, ev: Evaluated) -> Path:
+    """The version's model card (written again if a crash lost it)."""
+    from pipelines.model_card import model_card
+
+    card = paths(config).card(version.version)
+    if not card.exists():
+        text = model_card(config, version, ev)
+        write_bytes_atomic(card, text.encode())
+        if version.run_id:  # next to the version's files in the run's artifacts
+            mlflow_client.log_text(version.run_id, text, f"model_cards/v{version.version}.md")
+        mlflow_client.set_model_version_tag(model_name(config), version.version, "refit.model_card", str(card))
+    return card
+
+
+def _decide(config: PipelineConfig, mlflow_client: Any, ev: Evaluated, version: Any, created: bool,
+            card: Path) -> PromoteResult:
+    """Should champion move? Only for a passing report measured against today's champion."""
+    gate = ev.report["gate"]
+    champion = alias_version(config, CHAMPION, mlflow_client)
+    before = str(champion.version) if champion is not None else None
+    measured = (ev.manifest.get("champion") or {}).get("registry_version")
+    measured = str(measured) if measured is not None else None
+    refused = _champion_refusals(gate, champion_source=config.eval.champion, measured=measured, current=before,
+                                 version=str(version.version))
+    return PromoteResult(str(version.version), ev.eval_id, ev.run["id"], created, gate["passed"], False,
+                         before, before, refused=refused, failed_rules=[r for r in gate["rules"] if not r["passed"]],
+                         card=card)
+
+
+def _move_champion(config: PipelineConfig, mlflow_client: Any, entries: list[dict[str, Any]], version: Any,
+                   ev: Evaluated, result: PromoteResult, *, force: bool, reason: str | None) -> None:
+    """Move champion to `version` when nothing refuses it, or when forced (recorded as such)."""
+    name = model_name(config)
+    if result.champion_before == result.version:
+        result.refused = []
+        return
+    if result.refused and not force:
+        return
+    if result.refused:
+        result.forced = True
+        mlflow_client.set_model_version_tag(name, version.version, "refit.forced", "true")
+        mlflow_client.set_model_version_tag(name, version.version, "refit.force_reason", reason or "")
+        move = _move(config, mlflow_client, entries, CHAMPION, version, action="force-promote", reason=reason or "",
+                     extra={"overrode": result.refused})
+    else:
+        move = _move(config, mlflow_client, entries, CHAMPION, version, action="promote",
+                     reason=f"gate passed: {fmt_primary(ev.report)}")
+    if move:
+        result.moves.append(move)
+    result.champion_after = result.version
+    mlflow_client.set_model_version_tag(name, version.version, "refit.promoted_at", now())
+
+
 def promote(config: PipelineConfig, eval_id: str | None = None, *, force: bool = False,
             reason: str | None = None) -> PromoteResult:
     """Register the evaluated candidate; move `candidate`, and `champion` when allowed."""
     if force and not (reason or "").strip():
         raise RegistryError("--force needs --reason: say why the gate is overridden; it goes in the audit log")
     ev = load_evaluated(config, eval_id)
-    report = ev.report
-    gate = report["gate"]
     c = client(config)
-    name = model_name(config)
     with _locked(config):
         _ensure_model(config, c)
         entries = history(config, c)
         _reconcile(config, c, entries)
-
-        # 1. The version: once per eval, with its lineage complete from the start.
-        version = _find_version(c, name, ev.eval_id)
-        created = version is None
-        if version is None:
-            source, mlflow_run = _source(config, c, ev)
-            version = c.create_model_version(
-                name, source, run_id=mlflow_run, tags=lineage_tags(config, ev),
-                description=f"run {ev.run['id']}, eval {ev.eval_id}: gate {gate['summary']}; {fmt_primary(report)}")
-        # 2. Its model card (written again if a crash lost it).
-        card = paths(config).card(version.version)
-        if not card.exists():
-            text = model_card(config, version, ev)
-            write_bytes_atomic(card, text.encode())
-            if version.run_id:  # next to the version's files in the run's artifacts
-                c.log_text(version.run_id, text, f"model_cards/v{version.version}.md")
-            c.set_model_version_tag(name, version.version, "refit.model_card", str(card))
-
-        # 3. Should champion move? Only for a passing report measured against today's champion.
-        champion = alias_version(config, CHAMPION, c)
-        before = str(champion.version) if champion is not None else None
-        refused: list[str] = []
-        failed_rules = [r for r in gate["rules"] if not r["passed"]]
-        if not gate["passed"]:
-            refused.append(f"the gate failed: {', '.join(gate['failed'])}")
-        measured = (ev.manifest.get("champion") or {}).get("registry_version")
-        measured = str(measured) if measured is not None else None
-        if config.eval.champion == "registry" and before not in (measured, str(version.version)):
-            refused.append(f"the champion moved since this eval measured against it ({measured or 'none'} -> "
-                           f"{before}); run `make eval` again")
-
-        # 4. Move: candidate first, then champion.
-        result = PromoteResult(str(version.version), ev.eval_id, ev.run["id"], created, gate["passed"], False,
-                               before, before, refused=refused, failed_rules=failed_rules, card=card)
+        version, created = _register(config, c, ev)
+        card = _write_card(config, c, version, ev)
+        result = _decide(config, c, ev, version, created, card)
+        # Candidate first, then champion, so a crash in between leaves champion where it was.
+        passed = "passed" if ev.report["gate"]["passed"] else "failed"
         move = _move(config, c, entries, CANDIDATE, version, action="register",
-                     reason=f"registered from eval {ev.eval_id} (gate {'passed' if gate['passed'] else 'failed'})")
+                     reason=f"registered from eval {ev.eval_id} (gate {passed})")
         if move:
             result.moves.append(move)
-        if before == str(version.version):
-            result.refused = []
-        elif not refused or force:
-            if refused:
-                result.forced = True
-                c.set_model_version_tag(name, version.version, "refit.forced", "true")
-                c.set_model_version_tag(name, version.version, "refit.force_reason", reason or "")
-                move = _move(config, c, entries, CHAMPION, version, action="force-promote", reason=reason or "",
-                             extra={"overrode": refused})
-            else:
-                move = _move(config, c, entries, CHAMPION, version, action="promote",
-                             reason=f"gate passed: {fmt_primary(report)}")
-            if move:
-                result.moves.append(move)
-            result.champion_after = str(version.version)
-            c.set_model_version_tag(name, version.version, "refit.promoted_at", now())
+        _move_champion(config, c, entries, version, ev, result, force=force, reason=reason)
     return result
 
 
@@ -530,244 +545,3 @@ def rollback(config: PipelineConfig, *, reason: str, version: str | None = None)
     run_id = target.tags.get(TAG_RUN)
     missing = bool(run_id) and not (Path(config.train.output_dir) / run_id / "manifest.json").exists()
     return RollbackResult(str(current.version), str(target.version), entry, run_id, missing)
-
-
-# --------------------------------------------------------------------------- model card
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def _ci(m: dict[str, Any] | None, signed: bool = False) -> str:
-    if not m or m.get("mean" if not signed else "delta") is None:
-        return "n/a"
-    value = m["delta"] if signed else m["mean"]
-    f = "{:+.3f}" if signed else "{:.3f}"
-    if m.get("low") is None:
-        return f.format(value)
-    return f"{f.format(value)} [{f.format(m['low'])}, {f.format(m['high'])}]"
-
-
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        return orjson.loads((path / "manifest.json").read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return None
-
-
-def intended_use(config: PipelineConfig) -> str:
-    if config.registry.intended_use:
-        return config.registry.intended_use
-    fmt = ("a JSON object {\"answer\": ..., \"citations\": [...]}" if config.output.format == "json"
-           else "prose with inline [doc-id] citations")
-    return (f"Answering users' questions from the documents a retrieval system supplies, in {fmt}, citing the "
-            f"documents it uses, and replying \"{config.output.idk_answer}\" when they lack the answer. Serve it "
-            "with the same prompt template and system prompt it was trained with (below); the eval measured it "
-            "that way. It is not a source of knowledge: questions whose answer is not in the retrieved documents "
-            "are a retrieval problem (see the curated dataset's RAG backlog), and it was not evaluated beyond the "
-            "suites listed above.")
-
-
-def model_card(config: PipelineConfig, version: Any, ev: Evaluated) -> str:
-    """Markdown: base model, data lineage, training settings, eval table with intervals,
-    guard results, intended use and known failure labels."""
-    run, report = ev.run, ev.report
-    gate = report["gate"]
-    level = f"{report.get('confidence', 0.95):.0%}"
-    dataset = run.get("dataset") or {}
-    split_ref = run.get("split") or {}
-    curated = _read_manifest(Path(dataset["path"])) if dataset.get("path") else None
-    split_m = _read_manifest(Path(split_ref["path"])) if split_ref.get("path") else None
-    base = run.get("base_model") or {}
-    lines = [
-        f"# {model_name(config)} v{version.version}",
-        "",
-        f"Gate: **{'PASS' if gate['passed'] else 'FAIL'}** ({gate['summary']}). Primary: {fmt_primary(report)}.",
-        f"Registered {now()} by {who()} from eval `{ev.eval_id}` (`{ev.path / 'report.json'}`); run `{run['id']}`"
-        + (f", MLflow run `{run['mlflow']['run_id']}`" if (run.get("mlflow") or {}).get("run_id") else "") + ".",
-        "",
-        "## Model",
-        "",
-    ]
-    if run.get("backend") == "openai":
-        o = run["openai"]
-        lines += [f"- Backend: OpenAI fine-tuning; base model `{o.get('model')}`",
-                  f"- Model id: `{o['fine_tuned_model']}` at {o.get('base_url') or 'the OpenAI API'}",
-                  f"- Job: `{o.get('job_id')}`, {o.get('trained_tokens') or '?'} trained tokens"]
-    else:
-        ident = f"`{base['id']}`, " if base.get("id") and base.get("id") != base.get("name") else ""
-        lines += [f"- Backend: LoRA adapter (PEFT format) on `{base.get('name', config.model.base)}` "
-                  f"({ident}{base.get('parameters', 0):,} parameters)",
-                  f"- Adapter: `{ev.run_path / run.get('adapter', {}).get('path', 'adapter')}` "
-                  f"({run.get('adapter', {}).get('trainable_parameters', 0):,} trainable parameters), also under "
-                  "`model/` in the MLflow run's artifacts"]
-    lines += ["", "## Data lineage", ""]
-    if curated:
-        c = curated["counts"]
-        lines.append(f"- Logs: {len(curated.get('inputs', []))} file(s), {c['read']:,} lines read")
-        for item in curated.get("inputs", [])[:20]:
-            lines.append(f"  - `{item['path']}` (sha256 `{item['sha256'][:16]}...`)")
-        sha = str(dataset.get("examples_sha256", "?"))[:16]
-        lines.append(f"- Curated dataset `{curated['id']}` (examples sha256 `{sha}...`): "
-                     f"{c['examples']} examples ({c['kept']} kept from the logs, "
-                     f"{sum(c.get('added', {}).values())} derived), {c['backlog']} to the RAG backlog, "
-                     f"{c['quarantined']} quarantined; decision: {curated['decision']['verdict']}")
-        by_source = curated.get("examples_by_source") or {}
-        if by_source:
-            lines.append("- Examples by source: " + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())))
-    else:
-        lines.append(f"- Curated dataset `{dataset.get('id')}` (examples sha256 `{dataset.get('examples_sha256')}`)")
-    if split_m:
-        sc = split_m["counts"]
-        lines.append(f"- Split `{split_m['id']}`: train {sc['train']}, validation {sc['validation']}, "
-                     f"frozen regression set {sc['regression']} (`{config.regression_path()}`, never trained on)")
-    else:
-        lines.append(f"- Split `{split_ref.get('id')}`")
-    lines += ["", "## Training settings", ""]
-    t = run.get("config") or {}
-    if run.get("backend") == "openai":
-        hyper = run["openai"].get("hyperparameters") or {}
-        settings = [("method", "supervised"), *((k, v) for k, v in hyper.items()),
-                    ("suffix", run["openai"].get("suffix")), ("seed", run["openai"].get("seed"))]
-    else:
-        lora = t.get("lora") or {}
-        steps = run.get("steps") or {}
-        hardware = run.get("hardware") or {}
-        settings = [("LoRA rank / alpha / dropout", f"{lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')}"),
-                    ("target modules", ", ".join(lora.get("target_modules") or [])),
-                    ("adapted layers", f"top {lora['top_layers']}" if lora.get("top_layers") else "all"),
-                    ("steps", f"{steps.get('done')} of {steps.get('max')}"
-                              + (" (early stopped)" if steps.get("early_stopped") else "")),
-                    ("epochs / max steps", f"{t.get('epochs')} / {t.get('max_steps')}"),
-                    ("batch size x accumulation", f"{t.get('batch_size')} x {t.get('gradient_accumulation')}"),
-                    ("learning rate, schedule, warmup", f"{t.get('learning_rate')}, {t.get('lr_scheduler')}, "
-                                                        f"{t.get('warmup_fraction')}"),
-                    ("max length", t.get("max_length")),
-                    ("precision, batching, device", f"{hardware.get('precision')}, {hardware.get('batching')}, "
-                                                    f"{hardware.get('device')}"),
-                    ("seed", t.get("seed"))]
-    losses = run.get("losses") or {}
-    settings.append(("validation loss: base -> final (best)",
-                     f"{_pct(losses.get('base_eval_loss'))} -> {_pct(losses.get('final_eval_loss'))} "
-                     f"({_pct(losses.get('best_eval_loss'))})"))
-    settings.append(("train config hash", f"`{str(run.get('config_hash'))[:16]}...`"))
-    lines += ["| setting | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in settings)]
-
-    lines += ["", f"## Evaluation ({level} bootstrap intervals)", ""]
-    others = [c for c in report["contenders"] if c != "candidate"]
-    header = ["suite", "n", "metric", "candidate"] + [f"{o}" for o in others] + [f"candidate - {o}" for o in others]
-    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    first = (gate.get("primary") or {}).get("suite", "validation")
-    order = sorted(report["suites"],
-                   key=lambda n: (n != first, n != "regression", n not in config.eval.suites.guards, n))
-    for name in order:
-        suite = report["suites"][name]
-        metric = suite["primary_metric"]
-        row = [name, str(suite["n"]), metric, _ci(suite["contenders"]["candidate"]["metrics"].get(metric))]
-        row += [_pct((suite["contenders"].get(o, {}).get("metrics", {}).get(metric) or {}).get("mean")) for o in others]
-        row += [_ci(suite["comparisons"].get(o, {}).get(metric), signed=True) for o in others]
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Contenders: " + "; ".join(f"{k}: {v['model']}" + (f" (registry v{v['registry_version']})"
-                                                                      if v.get("registry_version") else "")
-                                             for k, v in report["contenders"].items()) + "."]
-
-    lines += ["", "## Gate and guard results", "", "| rule | result | value | needs | detail |",
-              "| --- | --- | --- | --- | --- |"]
-    for r in gate["rules"]:
-        value = "n/a" if r["value"] is None else f"{r['value']:+.3f}"
-        lines.append(f"| {r['rule']} | {'pass' if r['passed'] else 'FAIL'} | {value} | {r['threshold']} | "
-                     f"{r['detail'].replace('|', '/')} |")
-
-    lines += ["", "## Intended use", "", intended_use(config), "", "System prompt:", ""]
-    lines += ["> " + line for line in config.prompt.system.replace("{idk}", config.output.idk_answer).splitlines()]
-
-    lines += ["", "## Known failure labels", ""]
-    suite_name = (gate.get("primary") or {}).get("suite", "validation")
-    primary_suite = report["suites"].get(suite_name)
-    if primary_suite:
-        metric = primary_suite["primary_metric"]
-        labels = primary_suite["contenders"]["candidate"].get("labels") or {}
-        base_labels = (primary_suite["contenders"].get("baseline") or {}).get("labels") or {}
-        ranked = sorted(((lab, v) for lab, v in labels.items() if v.get(metric) is not None),
-                        key=lambda kv: kv[1][metric])
-        if ranked:
-            lines += [f"Per failure label on {suite_name} ({metric}, weakest first):", "",
-                      "| label | n | candidate | baseline |", "| --- | --- | --- | --- |"]
-            for lab, v in ranked:
-                theirs = (base_labels.get(lab) or {}).get(metric)
-                lines.append(f"| {lab} | {v['n']} | {_pct(v[metric])} | {_pct(theirs)} |")
-            lines.append("")
-    if curated:
-        knowledge = {lab: v.get("backlog", 0) for lab, v in (curated.get("labels") or {}).items() if v.get("backlog")}
-        if knowledge:
-            lines.append("Not fixed by this model (routed to the RAG backlog): "
-                         + ", ".join(f"{k} ({v})" for k, v in sorted(knowledge.items(), key=lambda kv: -kv[1])) + ".")
-        weak = (curated.get("labels") or {}).get("weak_reasoning", {}).get("filtered")
-        if weak:
-            lines.append(f"Not trained on: weak_reasoning ({weak} logs; a stronger base model or task decomposition).")
-    lines.append("")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- status
-
-
-def _describe_version(v: Any) -> dict[str, Any]:
-    return {"version": str(v.version), "run_id": v.tags.get(TAG_RUN), "eval_id": v.tags.get(TAG_EVAL),
-            "gate": v.tags.get("refit.gate"), "primary": v.tags.get("refit.primary"),
-            "dataset_id": v.tags.get("refit.dataset_id"), "forced": v.tags.get("refit.forced") == "true",
-            "source": v.source}
-
-
-def status(config: PipelineConfig) -> dict[str, Any]:
-    """The newest output of every stage and the registry's aliases (for `refit status`)."""
-    out: dict[str, Any] = {"pipeline": config.name, "model": model_name(config)}
-    stages = (("dataset", config.curate.output_dir), ("split", config.split.output_dir),
-              ("run", config.train.output_dir), ("eval", config.eval.output_dir))
-    for key, folder in stages:
-        ident = read_latest(Path(folder))
-        manifest = _read_manifest(Path(folder) / ident) if ident else None
-        out[key] = {"id": ident, "created_at": (manifest or {}).get("created_at")} if ident else None
-        if not manifest:
-            continue
-        if key == "dataset":
-            out[key]["examples"] = manifest["counts"]["examples"]
-            out[key]["decision"] = manifest["decision"]["verdict"]
-        elif key == "split":
-            out[key]["counts"] = {k: manifest["counts"][k] for k in ("train", "validation", "regression")}
-            out[key]["dataset"] = manifest["dataset"]["id"]
-        elif key == "run":
-            out[key]["backend"] = manifest.get("backend", "lora")
-            out[key]["split"] = manifest["split"]["id"]
-            out[key]["final_eval_loss"] = (manifest.get("losses") or {}).get("final_eval_loss")
-        elif key == "eval":
-            out[key]["run"] = manifest["run"]["id"]
-            gate = manifest.get("gate") or {}
-            out[key]["gate"] = {"passed": gate.get("passed"), "failed": gate.get("failed")}
-            try:
-                report = orjson.loads((Path(folder) / ident / "report.json").read_bytes())
-                out[key]["primary"] = fmt_primary(report)
-            except FileNotFoundError:
-                pass
-    try:
-        c = client(config)
-        for alias in (CHAMPION, CANDIDATE):
-            v = alias_version(config, alias, c)
-            out[alias] = _describe_version(v) if v is not None else None
-        entries = history(config, c)
-        last = next((e for e in reversed(entries) if e["alias"] == CHAMPION), None)
-        out["last_champion_move"] = last
-        if out.get("run"):
-            decided = versions_of_run(config, out["run"]["id"], c)
-            out["run"]["versions"] = [str(v.version) for v in decided]
-    except Exception as exc:  # noqa: BLE001 - status must show what it can
-        out["registry_error"] = f"{type(exc).__name__}: {exc}"
-    summary = Path(config.retrain.dir) / config.name / "last.json"
-    if summary.exists():
-        try:
-            s = orjson.loads(summary.read_bytes())
-            out["last_retrain"] = {k: s.get(k) for k in ("outcome", "exit_code", "finished_at", "message")}
-        except orjson.JSONDecodeError:
-            pass
-    return out

@@ -3,7 +3,7 @@
 Read top to bottom:
 
 1. One run per pipeline at a time: an flock on `<retrain.dir>/<name>.lock` that records the
-   holder's pid, host and start time. A second run exits at once (EXIT_LOCKED) naming the
+   holder's pid, host and start time. A second run exits at once (EXIT_LOCKED, 75) naming the
    holder; a lock left by a killed run is taken over (the kernel released it with its holder).
 2. curate. Every stage is skipped when its inputs and config are unchanged, so a re-run after
    a crash picks up where the last one stopped (train also resumes from its last checkpoint).
@@ -34,16 +34,8 @@ from typing import Any
 import orjson
 
 from pipelines.config import PipelineConfig
+from pipelines.exit_codes import RETRAIN_EXIT_CODES
 from pipelines.storage import dumps, iter_jsonl, read_latest, write_bytes_atomic
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_GATE_FAILED = 3
-EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock; try again later
-
-EXIT_CODES = {"promoted": EXIT_OK, "nothing_new": EXIT_OK, "not_enough_new_data": EXIT_OK,
-              "gate_failed": EXIT_GATE_FAILED, "locked": EXIT_LOCKED, "error": EXIT_ERROR}
 
 # Examples made by curate rather than taken from a log: they follow the data, they are not news.
 DERIVED_SOURCES = {"idk_synthetic", "general"}
@@ -142,31 +134,30 @@ def _known_errors() -> tuple[type[BaseException], ...]:
             ModelNotFound)
 
 
-def retrain(config: PipelineConfig, *, assume_yes: bool = False, progress: dict[str, Any] | None = None,
-            log: Callable[[str], None] = lambda line: None, stages: type[Stages] = Stages) -> dict[str, Any]:
-    """Run every stage that has work; return the summary (its `exit_code` is the process's)."""
-    from pipelines.locks import LockHeld, describe, hold, pid_alive
-
-    progress = progress or {}
-    started = time.time()
-    summary: dict[str, Any] = {
+def _new_summary(config: PipelineConfig, started: float) -> dict[str, Any]:
+    return {
         "pipeline": config.name, "outcome": None, "exit_code": None, "message": None,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "finished_at": None,
         "duration_s": None, "host": socket.gethostname(), "pid": os.getpid(), "stages": {},
         "data": None, "dataset": None, "split": None, "run": None, "eval": None, "gate": None, "version": None,
         "champion": None, "lock": {"path": str(lock_path(config))},
     }
+
+
+def retrain(config: PipelineConfig, *, assume_yes: bool = False, progress: dict[str, Any] | None = None,
+            log: Callable[[str], None] = lambda line: None, stages: type[Stages] = Stages) -> dict[str, Any]:
+    """Run every stage that has work; return the summary (its `exit_code` is the process's)."""
+    from pipelines.locks import LockHeld, describe, hold
+
+    started = time.time()
+    summary = _new_summary(config, started)
     try:
         with hold(lock_path(config), what="refit retrain") as lock:
             summary["lock"]["holder"] = lock.holder
-            if lock.took_over:
-                old = lock.took_over
-                dead = isinstance(old.get("pid"), int) and old.get("host") == socket.gethostname() \
-                    and not pid_alive(old["pid"])
-                log(f"retrain: took over a stale lock left by {describe(old)}"
-                    + (" (no longer running)" if dead else ""))
-                summary["lock"]["took_over"] = old
-            _run(config, summary, assume_yes=assume_yes, progress=progress, log=log, stages=stages)
+            if (note := lock.took_over_note()) is not None:
+                log(f"retrain: {note}")
+                summary["lock"]["took_over"] = lock.took_over
+            _run(config, summary, assume_yes=assume_yes, progress=progress or {}, log=log, stages=stages)
     except LockHeld as exc:
         summary["outcome"] = "locked"
         summary["lock"]["holder"] = exc.holder
@@ -182,13 +173,18 @@ def retrain(config: PipelineConfig, *, assume_yes: bool = False, progress: dict[
         summary["message"] = f"{type(exc).__name__}: {exc}"
         summary["traceback"] = traceback.format_exc()
         log(summary["traceback"].rstrip())
-    summary["exit_code"] = EXIT_CODES[summary["outcome"]]
+    _finish(config, summary, started, log)
+    return summary
+
+
+def _finish(config: PipelineConfig, summary: dict[str, Any], started: float, log: Callable[[str], None]) -> None:
+    """The exit code, the timings, the one line; then the webhook and the summary files."""
+    summary["exit_code"] = RETRAIN_EXIT_CODES[summary["outcome"]]
     summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     summary["duration_s"] = round(time.time() - started, 2)
     summary["line"] = one_line(summary)
     summary["webhook"] = notify(config, summary, log)
     write_summary(config, summary)
-    return summary
 
 
 def _stage(summary: dict[str, Any], name: str, started: float, ident: str | None, skipped: bool,
@@ -201,88 +197,130 @@ def _stage(summary: dict[str, Any], name: str, started: float, ident: str | None
 
 def _run(config: PipelineConfig, summary: dict[str, Any], *, assume_yes: bool, progress: dict[str, Any],
          log: Callable[[str], None], stages: type[Stages]) -> None:
-    # 2. curate.
+    """The steps of one retrain, in order; each returns early when the night's work is done."""
+    cur = _curate(config, summary, progress, log, stages)
+    latest_run, reference = _newest_run(config)
+    if not _enough_new_data(config, summary, cur, latest_run, reference, log):
+        # The newest run stays the candidate; finish it if a crash left it undecided.
+        decided = decided_version(config, latest_run)
+        if decided is not None:
+            _not_trained(config, summary, cur, latest_run, reference, decided)
+            return
+        log(f"retrain: run {latest_run} was not evaluated and promoted yet; finishing it")
+    else:
+        latest_run = _split_and_train(config, summary, progress, log, stages, assume_yes)
+        if latest_run is None:  # a non-main process under accelerate
+            return
+    summary["run"] = latest_run
+    decided = decided_version(config, latest_run)
+    if decided is not None:
+        _already_decided(config, summary, cur.dataset_id, latest_run, decided, log)
+        return
+    ev = _eval(config, summary, progress, log, stages)
+    _promote(config, summary, ev, latest_run, log, stages)
+
+
+def _curate(config: PipelineConfig, summary: dict[str, Any], progress: dict[str, Any], log: Callable[[str], None],
+            stages: type[Stages]) -> Any:
     t0 = time.perf_counter()
     cur = stages.curate(config, progress.get("curate"))
     summary["dataset"] = cur.dataset_id
     _stage(summary, "curate", t0, cur.dataset_id, cur.skipped, log)
+    return cur
 
-    # 3. Enough new data since the newest run?
+
+def _newest_run(config: PipelineConfig) -> tuple[str | None, dict[str, Any] | None]:
+    """The newest run and the dataset it was trained on (None, None before the first run)."""
     runs_dir = Path(config.train.output_dir)
     latest_run = read_latest(runs_dir)
     run_manifest = _manifest(runs_dir / latest_run) if latest_run else None
-    reference = (run_manifest or {}).get("dataset") or {}
-    train_anew = True
-    if run_manifest is not None and reference.get("id") != cur.dataset_id:
-        ref_path = Path(reference["path"]) if reference.get("path") else None
-        if ref_path is not None and not (ref_path / "examples.jsonl").exists():
-            log(f"retrain: the newest run's dataset {reference.get('id')} is gone; counting every example as new")
-            ref_path = None
-        new = count_new_examples(cur.path, ref_path)
-        minimum = config.retrain.min_new_examples
-        summary["data"] = {"dataset": cur.dataset_id, "reference": reference.get("id"), "new_examples": new,
-                           "min_new_examples": minimum}
-        log(f"retrain: {new} new example(s) since {reference.get('id')} (run {latest_run}); "
-            f"{minimum} needed to train again")
-        train_anew = new >= minimum
-    elif run_manifest is not None:
+    return latest_run, ((run_manifest.get("dataset") or {}) if run_manifest is not None else None)
+
+
+def _enough_new_data(config: PipelineConfig, summary: dict[str, Any], cur: Any, latest_run: str | None,
+                     reference: dict[str, Any] | None, log: Callable[[str], None]) -> bool:
+    """Enough new examples since the newest run to train again? Always, before the first run
+    and when the dataset is the one it was trained on (split and train then skip themselves)."""
+    if reference is None:
+        return True
+    minimum = config.retrain.min_new_examples
+    if reference.get("id") == cur.dataset_id:
         summary["data"] = {"dataset": cur.dataset_id, "reference": reference.get("id"), "new_examples": 0,
-                           "min_new_examples": config.retrain.min_new_examples}
+                           "min_new_examples": minimum}
+        return True
+    ref_path = Path(reference["path"]) if reference.get("path") else None
+    if ref_path is not None and not (ref_path / "examples.jsonl").exists():
+        log(f"retrain: the newest run's dataset {reference.get('id')} is gone; counting every example as new")
+        ref_path = None
+    new = count_new_examples(cur.path, ref_path)
+    summary["data"] = {"dataset": cur.dataset_id, "reference": reference.get("id"), "new_examples": new,
+                       "min_new_examples": minimum}
+    log(f"retrain: {new} new example(s) since {reference.get('id')} (run {latest_run}); "
+        f"{minimum} needed to train again")
+    return new >= minimum
 
-    if not train_anew:
-        # The newest run stays the candidate; finish it if a crash left it undecided.
-        decided = decided_version(config, latest_run)
-        if decided is not None:
-            summary["run"] = latest_run
-            new = summary["data"]["new_examples"]
-            if new == 0:  # new log files (or a new refit) that bring no new example
-                summary["outcome"] = "nothing_new"
-                summary["message"] = (f"no new examples: {cur.dataset_id} adds none to {reference.get('id')}; run "
-                                      f"{latest_run} already decided as v{decided.version}")
-            else:
-                summary["outcome"] = "not_enough_new_data"
-                summary["message"] = (f"{new} new example(s) in {cur.dataset_id}, fewer than retrain.min_new_examples="
-                                      f"{config.retrain.min_new_examples}; nothing trained")
-            _registry_state(config, summary, decided)
-            return
-        log(f"retrain: run {latest_run} was not evaluated and promoted yet; finishing it")
-    else:
-        # 4. split, train.
-        t0 = time.perf_counter()
-        spl = stages.split(config)
-        summary["split"] = spl.split_id
-        _stage(summary, "split", t0, spl.split_id, spl.skipped, log)
-        t0 = time.perf_counter()
-        run = stages.train(config, progress.get("train"), assume_yes)
-        if not run.manifest:  # a non-main process under accelerate
-            return
-        latest_run = run.run_id
-        _stage(summary, "train", t0, run.run_id, run.skipped, log)
+
+def _not_trained(config: PipelineConfig, summary: dict[str, Any], cur: Any, latest_run: str,
+                 reference: dict[str, Any], decided: Any) -> None:
+    """Too little new data, and the newest run is decided: the night ends here."""
     summary["run"] = latest_run
-
-    # 5. eval and promote, unless this run was already decided.
-    decided = decided_version(config, latest_run)
-    if decided is not None:
-        summary["eval"] = decided.tags.get("refit.eval_id")
-        failed = decided.tags.get("refit.gate_failed", "none")
-        summary["gate"] = {"passed": decided.tags.get("refit.gate") == "passed",
-                           "failed": [r for r in failed.split(",") if r != "none"]}
-        summary["stages"]["eval"] = {"id": summary["eval"], "skipped": True, "seconds": 0.0}
-        summary["stages"]["promote"] = {"id": f"v{decided.version}", "skipped": True, "seconds": 0.0}
-        log(f"retrain: eval, promote: nothing to do (run {latest_run} is v{decided.version}, gate "
-            f"{decided.tags.get('refit.gate')})")
-        _registry_state(config, summary, decided)
+    new = summary["data"]["new_examples"]
+    if new == 0:  # new log files (or a new refit) that bring no new example
         summary["outcome"] = "nothing_new"
-        fresh = [name for name, st in summary["stages"].items() if not st["skipped"]]
-        summary["message"] = (f"{'no new logs: ' if not fresh else ''}dataset {cur.dataset_id}, run {latest_run} "
-                              f"already decided as v{decided.version} (gate {decided.tags.get('refit.gate')})")
-        return
+        summary["message"] = (f"no new examples: {cur.dataset_id} adds none to {reference.get('id')}; run "
+                              f"{latest_run} already decided as v{decided.version}")
+    else:
+        summary["outcome"] = "not_enough_new_data"
+        summary["message"] = (f"{new} new example(s) in {cur.dataset_id}, fewer than retrain.min_new_examples="
+                              f"{config.retrain.min_new_examples}; nothing trained")
+    _registry_state(config, summary, decided)
+
+
+def _split_and_train(config: PipelineConfig, summary: dict[str, Any], progress: dict[str, Any],
+                     log: Callable[[str], None], stages: type[Stages], assume_yes: bool) -> str | None:
+    """The new run's id; None in a non-main process under accelerate (the main one goes on)."""
+    t0 = time.perf_counter()
+    spl = stages.split(config)
+    summary["split"] = spl.split_id
+    _stage(summary, "split", t0, spl.split_id, spl.skipped, log)
+    t0 = time.perf_counter()
+    run = stages.train(config, progress.get("train"), assume_yes)
+    if not run.manifest:
+        return None
+    _stage(summary, "train", t0, run.run_id, run.skipped, log)
+    return run.run_id
+
+
+def _already_decided(config: PipelineConfig, summary: dict[str, Any], dataset_id: str, latest_run: str,
+                     decided: Any, log: Callable[[str], None]) -> None:
+    """This run was evaluated and promotion decided with today's eval config: nothing new."""
+    gate = decided.tags.get("refit.gate")
+    summary["eval"] = decided.tags.get("refit.eval_id")
+    failed = decided.tags.get("refit.gate_failed", "none")
+    summary["gate"] = {"passed": gate == "passed", "failed": [r for r in failed.split(",") if r != "none"]}
+    summary["stages"]["eval"] = {"id": summary["eval"], "skipped": True, "seconds": 0.0}
+    summary["stages"]["promote"] = {"id": f"v{decided.version}", "skipped": True, "seconds": 0.0}
+    log(f"retrain: eval, promote: nothing to do (run {latest_run} is v{decided.version}, gate {gate})")
+    _registry_state(config, summary, decided)
+    summary["outcome"] = "nothing_new"
+    fresh = [name for name, st in summary["stages"].items() if not st["skipped"]]
+    summary["message"] = (f"{'no new logs: ' if not fresh else ''}dataset {dataset_id}, run {latest_run} "
+                          f"already decided as v{decided.version} (gate {gate})")
+
+
+def _eval(config: PipelineConfig, summary: dict[str, Any], progress: dict[str, Any], log: Callable[[str], None],
+          stages: type[Stages]) -> Any:
     t0 = time.perf_counter()
     ev = stages.eval(config, progress.get("eval"), log)
+    gate = ev.report["gate"]
     summary["eval"] = ev.eval_id
-    summary["gate"] = {"passed": ev.report["gate"]["passed"], "failed": ev.report["gate"]["failed"],
-                       "summary": ev.report["gate"]["summary"]}
-    _stage(summary, "eval", t0, ev.eval_id, ev.skipped, log, note=ev.report["gate"]["summary"])
+    summary["gate"] = {"passed": gate["passed"], "failed": gate["failed"], "summary": gate["summary"]}
+    _stage(summary, "eval", t0, ev.eval_id, ev.skipped, log, note=gate["summary"])
+    return ev
+
+
+def _promote(config: PipelineConfig, summary: dict[str, Any], ev: Any, latest_run: str, log: Callable[[str], None],
+             stages: type[Stages]) -> None:
     t0 = time.perf_counter()
     result = stages.promote(config, ev.eval_id)
     _stage(summary, "promote", t0, f"v{result.version}", not result.created and not result.moves, log,
@@ -290,16 +328,16 @@ def _run(config: PipelineConfig, summary: dict[str, Any], *, assume_yes: bool, p
                      f"v{m['to_version']}" for m in result.moves))
     summary["version"] = result.version
     summary["champion"] = {"before": result.champion_before, "after": result.champion_after}
+    was = f"v{result.champion_before}" if result.champion_before else "none"
     if result.champion_moved:
         summary["outcome"] = "promoted"
         summary["message"] = (f"v{result.version} (run {latest_run}) is the champion"
-                              f"{' (was v' + result.champion_before + ')' if result.champion_before else ''}; "
+                              f"{f' (was {was})' if result.champion_before else ''}; "
                               f"gate {ev.report['gate']['summary']}")
     elif result.refused:
         summary["outcome"] = "gate_failed"
         summary["message"] = (f"v{result.version} (run {latest_run}) registered as candidate; champion unchanged "
-                              f"({'v' + result.champion_before if result.champion_before else 'none'}): "
-                              + "; ".join(result.refused))
+                              f"({was}): " + "; ".join(result.refused))
     else:
         summary["outcome"] = "nothing_new"
         summary["message"] = f"v{result.version} (run {latest_run}) is already the champion"

@@ -236,6 +236,7 @@ def test_an_openai_fine_tune_is_registered_by_its_model_id(project, tmp_path):
     from urllib.parse import urlparse
 
     from pipelines import registry as reg
+    from pipelines.model_card import lineage_tags, model_card
 
     config, client = registry(project)
     ev = reg.load_evaluated(config, project.passed)
@@ -252,10 +253,10 @@ def test_an_openai_fine_tune_is_registered_by_its_model_id(project, tmp_path):
     assert run_id == mlflow_run.info.run_id and source.endswith("/model")
     held = json.loads(Path(client.download_artifacts(run_id, "model/openai_model.json", str(tmp_path))).read_text())
     assert held["fine_tuned_model"] == ft and held["job_id"] == "ftjob-1"
-    tags = reg.lineage_tags(config, ev)
+    tags = lineage_tags(config, ev)
     assert tags["refit.backend"] == "openai" and tags["refit.openai_model"] == ft and "refit.adapter" not in tags
     assert tags["refit.base_model"] == "gpt-4.1-mini-2025-04-14"
-    card = reg.model_card(config, SimpleNamespace(version=7), ev)
+    card = model_card(config, SimpleNamespace(version=7), ev)
     assert f"Model id: `{ft}`" in card and "| n_epochs | 3 |" in card
     # Without an MLflow run: the same file, kept beside the audit log (never inside the run).
     source, run_id = reg._source(config, client, dataclasses.replace(ev, run={**run, "mlflow": {}}))
