@@ -14,10 +14,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
-from pydantic import ValidationError
 from rich.text import Text
 
-from pipelines.config import ConfigError, PipelineConfig, format_validation_error, load_config
+from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.console import (
     EvalProgress,
     OpenAIFollow,
@@ -68,56 +67,9 @@ def _overrides(sets: list[str] | None, flags: dict[str, Any] | None = None) -> l
     return [*(sets or []), *(_setting(key, value) for key, value in (flags or {}).items() if value)]
 
 
-def _parse_override(override: str) -> tuple[str, Any]:
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"bad override {override!r}: expected dotted.key=value, e.g. train.epochs=2")
-    try:
-        return key, yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"bad override {override}: the value is not valid YAML ({str(exc).splitlines()[0]})") \
-            from None
-
-
-def _override_errors(exc: ValidationError, overrides: Sequence[str]) -> str:
-    """One line per bad value, naming the override that set it."""
-    keys = {override: override.partition("=")[0].strip() for override in overrides}
-    lines = []
-    for line in format_validation_error(exc, "overrides").splitlines()[1:]:
-        path, _, message = line.strip().partition(": ")
-        override = next((o for o, k in reversed(keys.items())
-                         if path == k or path.startswith(k + ".") or k.startswith(path + ".")), None)
-        if override is None:
-            lines.append(f"{path}: {message}")
-        else:
-            lines.append(f"bad override {override}: {message if path == keys[override] else f'{path}: {message}'}")
-    return "\n".join(lines)
-
-
-def _apply_overrides(config: PipelineConfig, overrides: Sequence[str]) -> PipelineConfig:
-    """The config with each dotted.key=value set, validated by the same model as the file.
-    (Until config.load_config takes the overrides itself.)"""
-    data = config.model_dump(mode="json")
-    for override in overrides:
-        key, value = _parse_override(override)
-        *parents, leaf = key.split(".")
-        node = data
-        for depth, part in enumerate(parents, 1):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"bad override {override}: {'.'.join(parents[:depth])} is a value, not a section")
-        node[leaf] = value
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_override_errors(exc, overrides)) from None
-
-
 def _load(config: Path, overrides: Sequence[str] = ()) -> PipelineConfig:
     try:
-        loaded = load_config(config)
-        return _apply_overrides(loaded, overrides) if overrides else loaded
+        return load_config(config, overrides)
     except ConfigError as exc:
         console.print(Text(str(exc), style="red"), highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_CONFIG) from None

@@ -519,13 +519,18 @@ def _suggest(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
 def format_validation_error(error: ValidationError, source: str, overridden: Sequence[str] = ()) -> str:
     """One line per bad key, by its path; a key that came from an override is shown as
     `--set <key>`, so the message points at the command line instead of the file."""
-    lines = [f"{source}: invalid configuration"]
+    lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
+        where = _where(path, overridden)
         message = f"unknown key{_suggest(PipelineConfig, loc)}" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {_where(path, overridden)}: {message}")
-    return "\n".join(lines)
+        if where.startswith("--set") and item["type"] != "extra_forbidden":
+            message += f" (got {item['input']!r})"
+        lines.append(f"  {where}: {message}")
+    if all(line.startswith("  --set") for line in lines):  # the command line alone is wrong
+        return "\n".join(line.strip() for line in lines)
+    return "\n".join([f"{source}: invalid configuration", *lines])
 
 
 def _where(path: str, overridden: Sequence[str]) -> str:

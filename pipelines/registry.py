@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from evals.gate import champion_refusals
 from pipelines.config import PipelineConfig
 from pipelines.stage import utc_now as now
 from pipelines.storage import dumps, file_sha256, write_bytes_atomic
@@ -392,20 +393,6 @@ class PromoteResult:
         return self.champion_after == self.version
 
 
-def _champion_refusals(gate: dict[str, Any], *, champion_source: str, measured: str | None, current: str | None,
-                       version: str) -> list[str]:
-    """Why `champion` may not move to `version`: the gate failed, or the champion moved since
-    the eval measured against it. Empty when it may. (evals.gate.champion_refusals after the
-    merge; the same signature and messages.)"""
-    refused = []
-    if not gate["passed"]:
-        refused.append(f"the gate failed: {', '.join(gate['failed'])}")
-    if champion_source == "registry" and current not in (measured, version):
-        refused.append(f"the champion moved since this eval measured against it ({measured or 'none'} -> "
-                       f"{current}); run `make eval` again")
-    return refused
-
-
 def _register(config: PipelineConfig, mlflow_client: Any, ev: Evaluated) -> tuple[Any, bool]:
     """The version of this eval (True: created now), with its lineage complete from the start."""
     from pipelines.model_card import lineage_tags
@@ -444,8 +431,8 @@ def _decide(config: PipelineConfig, mlflow_client: Any, ev: Evaluated, version: 
     before = str(champion.version) if champion is not None else None
     measured = (ev.manifest.get("champion") or {}).get("registry_version")
     measured = str(measured) if measured is not None else None
-    refused = _champion_refusals(gate, champion_source=config.eval.champion, measured=measured, current=before,
-                                 version=str(version.version))
+    refused = champion_refusals(gate, champion_source=config.eval.champion, measured=measured, current=before,
+                                version=str(version.version))
     return PromoteResult(str(version.version), ev.eval_id, ev.run["id"], created, gate["passed"], False,
                          before, before, refused=refused, failed_rules=[r for r in gate["rules"] if not r["passed"]],
                          card=card)
