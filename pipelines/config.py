@@ -427,9 +427,6 @@ class EvalConfig(Strict):
 
 
 class RegistryConfig(Strict):
-    # The audit log of alias moves (<dir>/<name>/audit.jsonl), the model cards
-    # (<dir>/<name>/cards/v<N>.md) and the lock that serialises alias moves
-    # (<dir>/<name>/aliases.lock). The registry itself is MLflow's, at tracking.uri.
     dir: str = Field(
         "artifacts/registry", description="<dir>/<name>/: audit.jsonl (every alias move), cards/v<N>.md, aliases.lock")
     lock_timeout_s: float = Field(
@@ -439,8 +436,6 @@ class RegistryConfig(Strict):
 
 
 class WebhookConfig(Strict):
-    # POST the run summary (JSON, with a one-line "text" for chat webhooks) here; null: the
-    # variable named by url_env, if set; neither: no webhook.
     url: str | None = Field(
         None, description="POST the run summary (JSON) here; null: $<url_env> if set, else no webhook")
     url_env: str = Field("REFIT_WEBHOOK_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
@@ -456,8 +451,6 @@ class RetrainConfig(Strict):
     # training again; synthetic "I don't know" and general examples do not count.
     min_new_examples: int = Field(
         50, ge=0, description="new curated examples (vs. the newest run's dataset) needed to train again")
-    # The lock (<dir>/<name>.lock: one retrain per pipeline at a time) and the run summaries
-    # (<dir>/<name>/last.json, and one line per run in <dir>/<name>/summaries.jsonl).
     dir: str = Field("artifacts/retrain", description=(
         "<dir>/<name>.lock (one run at a time), <dir>/<name>/last.json + summaries.jsonl"))
     webhook: WebhookConfig = WebhookConfig()
@@ -524,9 +517,10 @@ def format_validation_error(error: ValidationError, source: str, overridden: Seq
         loc = tuple(item["loc"])
         path = ".".join(str(p) for p in loc) or "(top level)"
         where = _where(path, overridden)
-        message = f"unknown key{_suggest(PipelineConfig, loc)}" if item["type"] == "extra_forbidden" else item["msg"]
-        if where.startswith("--set") and item["type"] != "extra_forbidden":
-            message += f" (got {item['input']!r})"
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key{_suggest(PipelineConfig, loc)}"
+        else:  # a value from the command line is shown back: it is in no file
+            message = item["msg"] + (f" (got {item['input']!r})" if where.startswith("--set") else "")
         lines.append(f"  {where}: {message}")
     if all(line.startswith("  --set") for line in lines):  # the command line alone is wrong
         return "\n".join(line.strip() for line in lines)
