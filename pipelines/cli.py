@@ -125,7 +125,7 @@ def _show_curated(result: Any) -> None:
         f"+{sum(c['added'].values())} derived -> {c['examples']} examples")
     say(f"  decision: {m['decision']['verdict']} ({m['decision']['why']})")
     say(f"Dataset:  {result.path}")
-    say("  examples.jsonl, rag_backlog.jsonl, quarantine.jsonl, report.md, manifest.json")
+    say("  examples.jsonl, rag_backlog.jsonl, quarantine.jsonl, report.md, report.html, manifest.json")
 
 
 @app.command()

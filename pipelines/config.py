@@ -101,8 +101,8 @@ class FieldMap(Strict):
     labels: str | None = Field("feedback.labels", description="a list of taxonomy labels")
     comment: str | None = Field("feedback.comment", description="the reviewer's note")
     correction: str | None = Field("correction", description="the reviewer's ideal answer")
-    # An optional topic or intent field; without it the backlog groups by nearest document.
-    topic: str | None = Field(None, description="optional topic/intent field, used to group the RAG backlog")
+    topic: str | None = Field(None, description="optional topic/intent field (else the nearest document): groups backlog, metrics")
+    retriever: str | None = Field(None, description="optional retriever/index version field: metrics per version")
 
 
 class DedupConfig(Strict):
@@ -147,6 +147,8 @@ class DecisionConfig(Strict):
     min_examples: int = Field(100, ge=1, description="fewer trainable examples: too few to fine-tune")
     dominant_share: float = Field(
         0.65, gt=0.5, le=1.0, description="share above which knowledge or behaviour failures dominate")
+    max_retrieval_miss: float = Field(0.25, gt=0.0, le=1.0, description=(
+        "a retrieval miss rate whose lower bound is above this puts retrieval work in the verdict"))
 
 
 class CurateConfig(Strict):

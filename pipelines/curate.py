@@ -16,9 +16,9 @@
 4. Near-duplicate clusters are found from the band keys; each keeps its best-ranked copy.
 5. The kept candidates are written as examples, with synthetic "I don't know" examples and a
    share of general instructions added.
-6. The backlog, quarantine, report and manifest are written, and the folder is swapped into
-   place. Every input line is in exactly one of kept, quarantined, backlog or filtered
-   (pipelines/accounting.py).
+6. The backlog, quarantine, report.md, report.html (with the retrieval health of every valid
+   record, pipelines/rag_health.py) and manifest are written, and the folder is swapped into
+   place. Every input line is in exactly one of kept, quarantined, backlog or filtered.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ import orjson
 from pipelines.accounting import Accounting
 from pipelines.answers import Answer, AnswerContract
 from pipelines.config import CurateConfig, PipelineConfig
+from pipelines.curate_html import render_html, retrieval_markdown
 from pipelines.curate_report import Backlog, decide, render_report
 from pipelines.minhash import MinHasher, clusters, text_fingerprint
+from pipelines.rag_health import RagHealth
 from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, parse_line, sample_general
 from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
 from pipelines.scrub import Scrubber
@@ -89,15 +91,15 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
         run.write_examples(inputs.general_path)
         backlog_entries = run.write_backlog()
         manifest = run.manifest(stage, inputs, clock.timings())
-        (tmp / "report.md").write_text(render_report(manifest, backlog_entries), encoding="utf-8")
+        (tmp / "report.md").write_text(render_report(manifest, backlog_entries) + retrieval_markdown(manifest), "utf-8")
+        (tmp / "report.html").write_text(render_html(manifest, backlog_entries), encoding="utf-8")
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     progress.stop()
     return CurateResult(stage.ident, stage.final, manifest, skipped=False)
 
 
 class Clock:
-    """Seconds per step; time excluded (loading the tokenizer) is reported but not counted
-    in the total."""
+    """Seconds per step; excluded time (loading the tokenizer) is reported, not counted in the total."""
 
     def __init__(self) -> None:
         self.started = self.last = time.perf_counter()
@@ -340,6 +342,7 @@ class CurateRun:
         self.unknown_labels: Counter = Counter()
         self.rule_table: Counter = Counter()
         self.backlog = Backlog()
+        self.health = RagHealth(self.rules, self.scrub_context)  # retrieval metrics over every valid record
         self.candidates = Candidates(tmp / ".candidates.spool", tokens, self.hasher, config.model.max_seq_tokens,
                                      self.accounting)
         self.context_pool: list[list[dict[str, str]]] = []
@@ -390,6 +393,7 @@ class CurateRun:
         """Route one valid record: filtered, into the backlog, or a training candidate."""
         labels = normalise_labels(record.labels, self.cfg.label_aliases, self.unknown_labels, self.scrub)
         r = route(record, labels, self.rules, self.cfg.keep_positive)
+        self.health.observe(record, r)
         if r.rule:
             self.rule_table[f"{r.rule} -> {r.label}"] += 1
         if r.disposition == "filtered":
@@ -541,7 +545,7 @@ class CurateRun:
             "dedup": {"threshold": dedup.threshold, "num_perm": dedup.num_perm, "ngram": dedup.ngram,
                       "bands": self.hasher.bands, "rows": self.hasher.rows,
                       "clusters": int(self.candidates.is_rep.sum())},
-            "decision": decide(self.accounting.labels, counts, self.cfg.decision),
+            **self.health.entries(decide(self.accounting.labels, counts, self.cfg.decision), self.cfg.decision),
             "timings": timings,
             "files": {name: file_sha256(self.tmp / name)
                       for name in ("examples.jsonl", "rag_backlog.jsonl", "quarantine.jsonl")},

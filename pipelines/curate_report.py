@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.answers import STOPWORDS
 from pipelines.answers import words as answer_words
+from pipelines.rag_health import nearest_topic
 from pipelines.routing import BEHAVIOUR_LABELS, HALLUCINATION, KNOWLEDGE_LABELS, Route
 
 if TYPE_CHECKING:
@@ -38,13 +39,7 @@ class Backlog:
 
     def add(self, record: LogRecord, route: Route, scrub: Any, scrubbed: dict[str, Any]) -> None:
         """File one knowledge failure; `scrubbed` is the entry's sample, already scrubbed."""
-        if record.topic:
-            topic = scrub(record.topic)
-        elif record.contexts:
-            best = max(record.contexts, key=lambda c: c.score if c.score is not None else float("-inf"))
-            topic = scrub(best.id).split("#")[0]
-        else:
-            topic = "(nothing retrieved)"
+        topic = nearest_topic(record, scrub)
         group = self.groups.get((route.label, topic))
         if group is None:
             group = self.groups[(route.label, topic)] = BacklogGroup(route.label, topic)

@@ -77,6 +77,7 @@ class LogRecord:
     comment: str | None
     correction: str | None
     topic: str | None
+    retriever: str | None = None
 
 
 _RATING_WORDS = {"up": 1, "down": -1, "thumbs_up": 1, "thumbs_down": -1, "positive": 1,
@@ -132,6 +133,7 @@ class RecordReader:
             comment=self._text(obj, "comment"),
             correction=self._text(obj, "correction"),
             topic=self._topic(obj),
+            retriever=self._topic(obj, "retriever"),
         )
 
     def _contexts(self, obj: dict) -> list[Context]:
@@ -192,8 +194,8 @@ class RecordReader:
             raise BadRecord(f"field '{self.names.labels}' must be a list of strings, got {type(value).__name__}")
         return value
 
-    def _topic(self, obj: dict) -> str | None:
-        value = self._field(obj, "topic")
+    def _topic(self, obj: dict, name: str = "topic") -> str | None:
+        value = self._field(obj, name)
         if value is _MISSING or value is None:
             return None
         return str(value)
