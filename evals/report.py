@@ -148,13 +148,34 @@ def _labels(suite: dict[str, Any]) -> list[str]:
     return [*out, "</table>"]
 
 
+def _by_context(suite: dict[str, Any], conf: str) -> list[str]:
+    """Answer quality split by whether the logged contexts held the answer (evals/context_split.py)."""
+    split = suite.get("by_context")
+    if not split:
+        return []
+    metric = split["metric"]
+    contenders = list(suite["contenders"])
+    out = [f"<h3>By retrieval: did the logged contexts contain the answer? <span class='muted'>({_e(metric)}; "
+           f"delta: candidate - other, paired, {conf} CI)</span></h3><table><tr><th>group</th><th>n</th>"
+           + "".join(f"<th>{_e(c)}</th>" for c in contenders)
+           + "".join(f"<th>delta vs {_e(c)}</th>" for c in contenders[1:]) + "<th>refusal_accuracy (candidate)</th></tr>"]
+    for group, g in split["groups"].items():
+        cells = "".join(f"<td class='num'>{_num(g['contenders'][c].get(metric))}</td>" for c in contenders)
+        deltas = "".join(f"<td class='num'>{_num(g['comparisons'][c]['delta'], True)} "
+                         f"[{_num(g['comparisons'][c]['low'], True)}, {_num(g['comparisons'][c]['high'], True)}]</td>"
+                         for c in contenders[1:])
+        out.append(f"<tr><td>{_e(group)}</td><td class='num'>{g['n']}</td>{cells}{deltas}"
+                   f"<td class='num'>{_num(g['contenders']['candidate'].get('refusal_accuracy'))}</td></tr>")
+    return [*out, "</table>"]
+
+
 def _suite_section(sname: str, suite: dict[str, Any], conf: str) -> list[str]:
     return [f"<h2>Suite: {_e(sname)} <span class='muted'>(n={suite['n']}, primary metric "
             f"{_e(suite['primary_metric'])}; bars: means with {conf} bootstrap intervals)</span></h2>",
             "<div class='legend'>" + "".join(
                 f"<span><span class='sw' style='background:{COLOURS.get(n, '#555')}'></span>{_e(n)}</span>"
                 for n in suite["contenders"]) + "</div>",
-            metric_bars(suite), *_comparisons(suite, conf), *_labels(suite)]
+            metric_bars(suite), *_comparisons(suite, conf), *_by_context(suite, conf), *_labels(suite)]
 
 
 def _wins_and_losses(report: dict[str, Any], suites: list[Any], generations: dict[str, dict[str, list[Any]]],

@@ -37,6 +37,7 @@ import numpy as np
 import orjson
 
 from evals import metrics as M
+from evals.context_split import context_split
 from evals.gate import GATE_VERSION, decide
 from evals.providers import GenerationCache, HFModel, OpenAIModel, ProviderError
 from evals.scorers import Scores, score
@@ -339,6 +340,9 @@ def suite_entry(suite: Suite, config: PipelineConfig, inputs: EvalInputs, genera
     for c in inputs.contenders:
         entry["contenders"][c.name] = summarise(suite, scores[c.name][suite.name], generations[c.name][suite.name],
                                                 c.price, config)
+    entry["by_context"] = context_split(suite.items, {c.name: scores[c.name][suite.name] for c in inputs.contenders},
+                                        entry["primary_metric"], resamples=e.bootstrap_resamples, seed=e.seed,
+                                        confidence=e.confidence)
     cand = scores["candidate"][suite.name]
     for other in inputs.contenders[1:]:
         theirs = scores[other.name][suite.name]

@@ -45,6 +45,7 @@ def split_item(example: dict[str, Any], config: PipelineConfig, suite: str) -> I
     """A split example as an eval item: the gold answer is the ideal answer's text; an
     "I don't know" ideal answer makes the item unanswerable (SQuAD 2.0's NoAns)."""
     from evals import metrics as M  # here, not at the top: the config imports this table, and numpy is slow
+    from pipelines.answers import AnswerContract
 
     item = {"id": example["id"], "suite": suite, "kind": example.get("kind", "rag"), "query": example["query"],
             "contexts": [{"id": c["id"], "text": c["text"]} for c in example.get("contexts") or []],
@@ -54,7 +55,10 @@ def split_item(example: dict[str, Any], config: PipelineConfig, suite: str) -> I
         return item
     gold = M.parse_output(example["ideal_answer"], config.output.format, config.output.idk_answer)
     answerable = not gold.refusal
-    item.update(answers=[gold.answer] if answerable else [], answerable=answerable, scorer="rag")
+    # Did the logged contexts hold the answer? The report splits answer quality by it.
+    in_context = answerable and AnswerContract(config.output).supported(gold, [c["text"] for c in item["contexts"]])
+    item.update(answers=[gold.answer] if answerable else [], answerable=answerable, scorer="rag",
+                answer_in_context=in_context)
     return item
 
 

@@ -303,7 +303,7 @@ def compare_versions(versions: list[str], retrievers: dict[str, Any],
 
 
 def better_or_worse(name: str, paired: dict[str, Any], unpaired: dict[str, Any]) -> str:
-    """'better', 'worse' or 'no clear change' for the newer version, from the paired interval
+    """'better', 'worse' ('more'/'fewer' refusals) or 'no clear change' for the newer version, from the paired interval
     when queries repeat, else the unpaired one."""
     cmp = paired if paired["n"] else unpaired
     if cmp.get("low") is None:
@@ -311,6 +311,8 @@ def better_or_worse(name: str, paired: dict[str, Any], unpaired: dict[str, Any])
     if cmp["low"] <= 0 <= cmp["high"]:
         return "no clear change"
     rose = cmp["low"] > 0
+    if name == "refusal":  # more refusals are right when retrieval finds less: say which, not whether good
+        return "more" if rose else "fewer"
     return "worse" if rose == (name in LOWER_IS_BETTER) else "better"
 
 
