@@ -79,6 +79,11 @@ def test_eval_writes_the_report_and_exit_code_reflects_the_gate(project, tiny_mo
     assert validation["contenders"]["baseline"]["tokens"]["prompt_per_query"] > \
         validation["contenders"]["candidate"]["tokens"]["prompt_per_query"]  # the strong prompt costs more
     assert report["suites"]["arithmetic"]["primary_metric"] == "accuracy"
+    # Answer quality split by whether the logged contexts held the answer (every item in one group).
+    groups = validation["by_context"]["groups"]
+    assert sum(g["n"] for g in groups.values()) == n_validation
+    assert set(groups["answer in context"]["contenders"]) == {"candidate", "baseline"}
+    assert report["suites"]["arithmetic"]["by_context"] is None
     for contender in ("candidate", "baseline"):
         for suite in report["suites"]:
             rows = read_jsonl(folder / "predictions" / contender / f"{suite}.jsonl")
@@ -86,6 +91,7 @@ def test_eval_writes_the_report_and_exit_code_reflects_the_gate(project, tiny_mo
             assert all("prediction" in r and "scores" in r for r in rows)
     page = (folder / "report.html").read_text()
     assert "<svg" in page and "beats_baseline" in page and "Wins on validation" in page
+    assert "did the logged contexts contain the answer?" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["run"]["id"] == report["run"]["id"] and manifest["split"]["id"] == report["split"]["id"]
