@@ -210,3 +210,23 @@ def test_unpaired_when_no_query_repeats(workspace):
     miss = cmp["metrics"]["retrieval_miss"]
     assert miss["paired"]["n"] == 0 and miss["unpaired"]["delta"] == 1.0 and miss["unpaired"]["low"] > 0
     assert miss["better"] == "worse"
+
+
+def test_the_shipped_sample_gets_both_reports_over_every_valid_record(workspace):
+    from conftest import REPO
+
+    samples = REPO / "datasets" / "samples"
+    cfg = workspace.config(curate={"inputs": [str(samples / "logs")], "general_mix": {"path": None}})
+    result = workspace.run("curate", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output
+    folder = workspace.curated()
+    m = json.loads((folder / "manifest.json").read_text())
+    c, h = m["counts"], m["retrieval"]
+    assert h["overall"]["records"] == c["read"] - c["quarantined"]  # every valid record, not only failures
+    assert sum(g["records"] for g in h["by_date"].values()) == h["overall"]["records"]
+    assert sum(g["records"] for g in h["by_topic"].values()) == h["overall"]["records"]
+    assert h["threshold"]["records_with_scores"] > 0 and h["threshold"]["buckets"]
+    assert "## Retrieval health" in (folder / "report.md").read_text()
+    page = (folder / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 3
