@@ -14,6 +14,7 @@ citation markers removed) that occur in the documents. An answer with no content
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -64,12 +65,17 @@ def strip_citations(text: str) -> str:
     return " ".join(CITATION.sub(" ", text).split())
 
 
+@functools.lru_cache(maxsize=8)
+def _normal_idk(idk_answer: str) -> str:
+    return " ".join(words(idk_answer))
+
+
 def is_refusal(text: str, idk_answer: str) -> bool:
     """The configured "I don't know" sentence, or a refusal in other words."""
     normal = " ".join(words(text))
     if not normal:
         return False
-    idk = " ".join(words(idk_answer))
+    idk = _normal_idk(idk_answer)
     return bool(idk and idk in normal) or bool(_REFUSAL.search(text.replace("\u2019", "'")))
 
 
@@ -171,9 +177,17 @@ class AnswerContract:
         self.output = output
         self.min_support = output.min_support
         self._vocabularies: dict[str, frozenset[str]] = {}
+        self._recent: dict[str, Answer] = {}
 
     def parse(self, raw: str) -> Answer:
-        return parse_answer(raw, self.output.format, self.output.idk_answer)
+        # curate's routing and its retrieval metrics read one record's answers back to back:
+        # the last few parses are kept, so each is parsed once.
+        hit = self._recent.get(raw)
+        if hit is None:
+            if len(self._recent) >= 4:
+                del self._recent[next(iter(self._recent))]
+            hit = self._recent[raw] = parse_answer(raw, self.output.format, self.output.idk_answer)
+        return hit
 
     def idk(self) -> Answer:
         return Answer(self.output.idk_answer, (), True, True)
@@ -187,6 +201,14 @@ class AnswerContract:
         (an answer without content words cannot be checked and passes)."""
         share = self.support(answer, documents)
         return share is None or share >= self.min_support
+
+    def support_each(self, answer: Answer, documents: list[str]) -> tuple[float | None, list[float | None]]:
+        """Support by all the documents together and by each alone, the content words found once."""
+        found = content_words(answer.text)
+        if not found:
+            return None, [None] * len(documents)
+        vocabularies = [self._vocabulary(text) for text in documents]
+        return _share(found, vocabularies), [_share(found, [v]) for v in vocabularies]
 
     def _vocabulary(self, text: str) -> frozenset[str]:
         found = self._vocabularies.get(text)

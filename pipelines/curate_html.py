@@ -171,7 +171,7 @@ def trend_plot(health: dict[str, Any]) -> str | None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("rate")
     ax.set_title("Retrieval and answer rates per log date (bands: 95% Wilson intervals)")
-    ax.legend(fontsize=8, ncol=3, loc="upper left")
+    ax.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     ax.grid(alpha=0.3)
     return _png(fig)
 

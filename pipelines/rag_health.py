@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import binomtest
 
-from evals.metrics import bootstrap_interval, citation_valid, paired_bootstrap
+from evals.metrics import paired_bootstrap
 from pipelines.routing import HALLUCINATION, KNOWLEDGE_LABELS
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class Observation:
     does not apply), the reciprocal rank of the ideal answer's document, the top score, and
     whether the production answer did harm, good or refused."""
 
-    __slots__ = ("outcomes", "reciprocal_rank", "top_score", "answer_class")
+    __slots__ = ("outcomes", "reciprocal_rank", "top_score", "answer_class", "pattern")
 
     def __init__(self, record: LogRecord, route: Route, rules: AnswerContract):
         docs = [c.text for c in record.contexts]
@@ -119,6 +119,7 @@ class Observation:
         o: dict[str, int] = {"correction": 0, "failure": int(route.label not in ("none", "positive"))}
         self.reciprocal_rank: float | None = None
         miss = any(label in KNOWLEDGE_LABELS for label in route.labels)
+        # Routing read the same texts a moment ago: AnswerContract.parse keeps the last few.
         ideal = rules.parse(record.correction) if record.correction and record.correction.strip() else None
         if ideal is not None and ideal.text.strip():
             o["correction"] = 1
@@ -132,6 +133,8 @@ class Observation:
         if record.response:
             self._production(rules.parse(record.response), record, docs, ids, rules, o, route.labels)
         self.outcomes = o
+        # Records repeat a handful of outcome patterns: groups count patterns, not metrics.
+        self.pattern = (*(o.get(name) for name in RATES), self.reciprocal_rank)
         scores = [c.score for c in record.contexts if c.score is not None]
         self.top_score = max(scores) if scores else None
 
@@ -150,12 +153,17 @@ class Observation:
             return
         if not answer.text.strip():
             return
-        supported = rules.supported(answer, docs)
+        together, each = rules.support_each(answer, docs)
+        supported = together is None or together >= rules.min_support
         o["answer_in_context"] = int(supported)
-        o["unsupported_answer"] = int(not supported or any(c not in ids for c in answer.citations))
-        valid = citation_valid(answer, [{"id": c.id, "text": c.text} for c in record.contexts], rules.min_support)
-        if valid is not None:
-            o["citation_valid"] = valid
+        cites_outside = any(c not in ids for c in answer.citations)
+        o["unsupported_answer"] = int(not supported or cites_outside)
+        if record.contexts:
+            # eval's citation_valid (evals/metrics.py) on the cached vocabularies: at least one
+            # citation, all among the retrieved ids, one cited document alone supporting it.
+            alone = {c.id: share for c, share in zip(record.contexts, each)}
+            o["citation_valid"] = int(bool(answer.citations) and not cites_outside and any(
+                alone[c] is None or alone[c] >= rules.min_support for c in answer.citations))
         # Harm an "I don't know" would have avoided: an ungrounded answer, or one a reviewer
         # labelled a hallucination or a knowledge failure. A rude or badly formatted answer
         # with the right content is still worth more than a refusal.
@@ -166,36 +174,42 @@ class Observation:
 class Tally:
     """Counts for one group of records: k and n per rate, and the reciprocal ranks."""
 
-    __slots__ = ("k", "n", "ranks", "records")
+    __slots__ = ("patterns",)
 
     def __init__(self) -> None:
-        self.k: Counter = Counter()
-        self.n: Counter = Counter()
-        self.ranks: Counter = Counter()  # reciprocal rank -> records (ranks are few distinct values)
-        self.records = 0
+        self.patterns: Counter = Counter()  # Observation.pattern -> records
 
     def add(self, obs: Observation) -> None:
-        self.records += 1
-        for name, value in obs.outcomes.items():
-            self.n[name] += 1
-            self.k[name] += value
-        if obs.reciprocal_rank is not None:
-            self.ranks[obs.reciprocal_rank] += 1
+        self.patterns[obs.pattern] += 1
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"records": self.records}
-        out.update({name: wilson(self.k[name], self.n[name]) for name in RATES})
-        out["mrr"] = mrr(self.ranks)
+        k, n, ranks = Counter(), Counter(), Counter()
+        for pattern, records in self.patterns.items():
+            for name, value in zip(RATES, pattern):
+                if value is not None:
+                    n[name] += records
+                    k[name] += value * records
+            if pattern[-1] is not None:
+                ranks[pattern[-1]] += records
+        out: dict[str, Any] = {"records": sum(self.patterns.values())}
+        out.update({name: wilson(k[name], n[name]) for name in RATES})
+        out["mrr"] = mrr(ranks)
         return out
 
 
 def mrr(ranks: Counter) -> dict[str, Any]:
+    """Mean reciprocal rank with a percentile bootstrap interval. Reciprocal ranks take a few
+    distinct values, so a resample is a multinomial draw of their counts: the same bootstrap
+    as resampling records, in time independent of the number of records."""
     n = sum(ranks.values())
     if n == 0:
         return {"mean": None, "n": 0, "low": None, "high": None}
-    values = np.repeat(np.array(list(ranks), dtype=float), list(ranks.values()))
-    low, high = bootstrap_interval(values, resamples=RESAMPLES, seed=SEED, confidence=CONFIDENCE)
-    return {"mean": float(values.mean()), "n": n, "low": low, "high": high}
+    values = np.array(list(ranks), dtype=float)
+    counts = np.array(list(ranks.values()), dtype=float)
+    resampled = np.random.default_rng(SEED).multinomial(n, counts / n, size=RESAMPLES) @ values / n
+    alpha = 1.0 - CONFIDENCE
+    low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
+    return {"mean": float(counts @ values / n), "n": n, "low": float(low), "high": float(high)}
 
 
 class RagHealth:
