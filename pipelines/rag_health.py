@@ -397,10 +397,9 @@ def score_threshold(scores: Counter) -> dict[str, Any]:
                 f"share's lower bound {harmful['low']:.0%}; collect more feedback)")
     result["recommendation"] = (
         f"{verb} \"I don't know\" when the top retrieval score is below {threshold:.3f}: {share:.1%} of traffic is "
-        f"below it, where {best_below['bad']} of {answered} answers were harmful (unsupported, or labelled a "
-        f"hallucination or knowledge failure) "
-        f"({harmful['rate']:.0%}, {CONFIDENCE:.0%} interval [{harmful['low']:.0%}, {harmful['high']:.0%}]) and "
-        f"{best_below['good']} good answers would be lost{strength}.")
+        f"below it, where {best_below['bad']} of {answered} answers ({harmful['rate']:.0%}, {CONFIDENCE:.0%} interval "
+        f"[{harmful['low']:.0%}, {harmful['high']:.0%}]) were harmful (unsupported, or labelled a hallucination or "
+        f"knowledge failure) and {best_below['good']} good answers would be lost{strength}.")
     return result
 
 
