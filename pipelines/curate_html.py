@@ -211,7 +211,7 @@ def topic_plot(health: dict[str, Any]) -> str | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.2))
-    names = [name for name, _ in rows][::-1]
+    names = [name.replace("$", r"\$") for name, _ in rows][::-1]  # a "$" would start mathtext
     misses = [g["retrieval_miss"] for _, g in rows][::-1]
     rates = [m["rate"] or 0.0 for m in misses]
     err = [[r - (m["low"] or 0.0) for r, m in zip(rates, misses)], [(m["high"] or 0.0) - r for r, m in zip(rates, misses)]]

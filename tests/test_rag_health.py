@@ -230,3 +230,13 @@ def test_the_shipped_sample_gets_both_reports_over_every_valid_record(workspace)
     assert "## Retrieval health" in (folder / "report.md").read_text()
     page = (folder / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") == 3
+
+
+def test_topic_names_are_plotted_as_text():
+    """Topic names come from the logs: a "$" must not be read as matplotlib mathtext."""
+    from pipelines.curate_html import topic_plot
+
+    miss = wilson(1, 2)
+    health = {"by_topic": {r"pricing $\frac{$ plans": {"retrieval_miss": miss}, "a $b$ c": {"retrieval_miss": miss}}}
+    uri = topic_plot(health)
+    assert uri is not None and uri.startswith("data:image/png;base64,")
