@@ -77,7 +77,8 @@ def topic_rows(health: dict[str, Any]) -> list[list[Any]]:
 
 TOPIC_HEADER = ["topic", "records", "miss rate", "CI", "answer in context", "unsupported", "MRR"]
 DATE_HEADER = ["date", "records", "miss rate", "CI", "unsupported", "ideal in context", "refusal", "correction"]
-BUCKET_HEADER = ["top score", "records", "traffic", "harmful answers", "CI", "refusals"]
+BUCKET_HEADER = ["top score", "records", "traffic", "harmful answers", "CI", "unsupported", "failure rate",
+                 "refusals"]
 VERSION_HEADER = ["from -> to", "metric", "paired delta (n)", "unpaired delta", "newer is"]
 
 
@@ -89,7 +90,8 @@ def date_rows(health: dict[str, Any]) -> list[list[Any]]:
 
 def bucket_rows(threshold: dict[str, Any]) -> list[list[Any]]:
     return [[f"{b['low']:.3f}-{b['high']:.3f}", b["records"], f"{b['traffic_share']:.1%}", _rate(b["harmful"]),
-             _ci(b["harmful"]), _rate(b["refusal"])] for b in threshold["buckets"]]
+             _ci(b["harmful"]), _rate(b["unsupported"]), _rate(b["failure"]), _rate(b["refusal"])]
+            for b in threshold["buckets"]]
 
 
 def version_rows(health: dict[str, Any]) -> list[list[Any]]:
@@ -191,6 +193,8 @@ def bucket_plot(threshold: dict[str, Any]) -> str | None:
     err = [[y - (h["low"] if h["low"] is not None else y) for y, h in zip(ys, harm)],
            [(h["high"] if h["high"] is not None else y) - y for y, h in zip(ys, harm)]]
     ax.errorbar(mids, ys, yerr=err, marker="o", color="#b91c1c", capsize=3, label="harmful answers (of answered)")
+    ax.plot(mids, [b["failure"]["rate"] for b in buckets], marker="^", color="#7c3aed", linestyle=":",
+            label="failure rate (all)")
     ax.plot(mids, [b["refusal"]["rate"] for b in buckets], marker="s", color="#2563eb", label="refusals")
     if threshold.get("threshold") is not None:
         ax.axvline(threshold["threshold"], color="#111", linestyle="--",

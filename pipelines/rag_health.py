@@ -219,7 +219,8 @@ class RagHealth:
     def __init__(self, rules: AnswerContract, scrub: Any):
         self.rules, self.scrub = rules, scrub
         self.groups: dict[tuple[str, str], Tally] = defaultdict(Tally)
-        self.scores: Counter = Counter()  # (top score, answer class or "none") -> records
+        # (top score, answer class or "none", unsupported, failure) -> records
+        self.scores: Counter = Counter()
         self.by_query: dict[bytes, dict[str, Counter]] = {}  # query hash -> version -> k/n per rate
         self.version_dates: dict[str, str] = {}
 
@@ -236,7 +237,9 @@ class RagHealth:
         for key in keys:
             self.groups[key].add(obs)
         if obs.top_score is not None and record.response:
-            self.scores[(round(obs.top_score, 4), obs.answer_class or "none")] += 1
+            o = obs.outcomes
+            self.scores[(round(obs.top_score, 4), obs.answer_class or "none", o.get("unsupported_answer", 0),
+                         o["failure"])] += 1
 
     def _remember_pair(self, query: str, version: str, obs: Observation) -> None:
         # Only a hash of the query is kept: raw text never leaves the read pass.
@@ -335,24 +338,30 @@ def better_or_worse(name: str, paired: dict[str, Any], unpaired: dict[str, Any])
 
 def score_buckets(scores: Counter) -> list[dict[str, Any]]:
     """Records with a production answer in BUCKETS equal-width bins of the top retrieval
-    score: unsupported-or-failed share of the answered ones, refusals, share of traffic."""
+    score: the harmful and the unsupported share of the answered ones, the failure rate and
+    the refusals of all, and the share of traffic."""
     if not scores:
         return []
-    values = [s for s, _ in scores]
+    values = [key[0] for key in scores]
     lo, hi = min(values), max(values)
     width = (hi - lo) / BUCKETS or 1.0
     total = sum(scores.values())
     bins: list[Counter] = [Counter() for _ in range(BUCKETS)]
-    for (score, cls), n in scores.items():
-        bins[min(int((score - lo) / width), BUCKETS - 1)][cls] += n
+    for key, n in scores.items():
+        score, cls, unsupported, failure = (*key, 0, 0)[:4]  # (score, class) alone counts neither
+        b = bins[min(int((score - lo) / width), BUCKETS - 1)]
+        b[cls] += n
+        b["_unsupported"] += n * unsupported
+        b["_failure"] += n * failure
     out = []
     for i, b in enumerate(bins):
         answered = b["good"] + b["bad"]
-        records = sum(b.values())
+        records = answered + b["refused"] + b["none"]
         if not records:
             continue
         out.append({"low": lo + i * width, "high": lo + (i + 1) * width, "records": records,
                     "traffic_share": records / total, "harmful": wilson(b["bad"], answered),
+                    "unsupported": wilson(b["_unsupported"], answered), "failure": wilson(b["_failure"], records),
                     "refusal": wilson(b["refused"], records)})
     return out
 
@@ -370,7 +379,7 @@ def score_threshold(scores: Counter) -> dict[str, Any]:
         result["recommendation"] = "The logs carry no retrieval scores: no threshold can be derived."
         return result
     by_score: dict[float, Counter] = defaultdict(Counter)
-    for (score, cls), n in scores.items():
+    for (score, cls, *_), n in scores.items():
         by_score[score][cls] += n
     best_net, best_t, net, below, best_below = 0, None, 0, Counter(), Counter()
     for score in sorted(by_score):  # cutting at the next score puts this one below

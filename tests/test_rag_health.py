@@ -141,6 +141,8 @@ def test_threshold_on_a_constructed_score_curve(workspace):
     buckets = t["buckets"]
     assert sum(b["records"] for b in buckets) == 40
     assert buckets[0]["harmful"]["rate"] == 1.0 and buckets[-1]["harmful"]["rate"] == 0.0
+    assert buckets[0]["unsupported"]["rate"] == 1.0 and buckets[0]["failure"]["rate"] == 1.0
+    assert buckets[-1]["unsupported"]["rate"] == 0.0 and buckets[-1]["failure"]["rate"] == 0.0
     assert "low-confidence cut at top score" in manifest["decision"]["why"]
 
 
