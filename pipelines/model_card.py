@@ -25,6 +25,7 @@ def lineage_tags(config: PipelineConfig, ev: Evaluated) -> dict[str, str]:
         "refit.pipeline": config.name,
         TAG_RUN: run["id"],
         "refit.backend": run.get("backend", "lora"),
+        "refit.method": run.get("method", "sft"),
         "refit.base_model": str(base.get("id") or base.get("name") or config.model.base),
         "refit.dataset_id": str(dataset.get("id")),
         "refit.dataset_sha256": str(dataset.get("examples_sha256")),
@@ -45,6 +46,8 @@ def lineage_tags(config: PipelineConfig, ev: Evaluated) -> dict[str, str]:
             tags[f"refit.primary_{key}"] = f"{p[key]:.6g}" if isinstance(p[key], float) else str(p[key])
     if run.get("backend") == "openai":
         tags["refit.openai_model"] = run["openai"]["fine_tuned_model"]
+        if base.get("shutdown_date"):  # the fine-tune answers only until its base snapshot is retired
+            tags["refit.openai_shutdown_date"] = str(base["shutdown_date"])
     else:
         tags["refit.adapter"] = str(ev.run_path / run.get("adapter", {}).get("path", "adapter"))
     return tags

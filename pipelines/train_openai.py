@@ -8,11 +8,11 @@ Read top to bottom, the recipe is:
    Settings that only change how refit talks to the API (polling, timeouts, retries, the
    key's variable, --yes) and refit's own version are left out on purpose: changing them, or
    upgrading refit while a job runs, must re-attach to the job, never pay for a second one.
-2. Check before spending: the base model still exists on the endpoint and is not past its
-   shutdown date (the models API; pipelines/openai_method.py); the split's OpenAI files passed the format checks when split wrote
+2. Check before spending: the split's OpenAI files passed the format checks when split wrote
    them, still pass them now, and are byte for byte the files split recorded. Estimate the
    billed tokens and the cost. A new job needs a yes: --yes, `train.openai.assume_yes`, or an
-   interactive confirmation.
+   interactive confirmation. Then, before any upload, the base model must still exist on the
+   endpoint and not be past its shutdown date (the models API; pipelines/openai_method.py).
 3. Upload the train and validation files (purpose "fine-tune"; with `train.method: dpo` the
    preference files) and create the job: method "supervised" (or "dpo", with beta) with its
    hyperparameters, suffix, seed, the validation file, and metadata
@@ -309,10 +309,11 @@ def start_job(config: PipelineConfig, run: Run, state: dict[str, Any], api: Api,
     """Steps 2-3: the checks and the estimate before anything is uploaded, the yes, then the
     upload and the create, each id on disk the moment it exists."""
     preflight(run.split_path, run.split_manifest, run.method)
-    state["base_model"] = check_base_model(api, config.train.openai.model)
     state["estimate"] = estimate(config, run.split_manifest)
     progress.estimate(state["estimate"])
     confirm_spend(state["estimate"], assume_yes=assume_yes, confirm=confirm)
+    # No request at all before the yes; then the model is looked up before anything is uploaded.
+    state["base_model"] = check_base_model(api, config.train.openai.model)
     save_state(run.work, state)
     upload_files(api, state, run.work, run.split_path, run.run_id, files(run.method))
     try:

@@ -21,13 +21,10 @@ BLOCKED_MESSAGE = ("This organization is no longer able to create fine-tuning jo
 
 
 def _entry(api: FakeOpenAI, model: str) -> dict[str, Any] | None:
-    """The model's settings; None when this server does not offer it."""
-    listed = api.settings.models.get(model)
-    if listed is not None:
-        return None if listed.get("retired") else listed
-    if model.startswith("ft:") or api.settings.base_models is None or model in api.settings.base_models:
-        return {}
-    return None
+    """The model's settings; None when it is retired. Every other model exists (whether it
+    can be fine-tuned is `base_models`' business, checked when a job is created)."""
+    listed = api.settings.models.get(model, {})
+    return None if listed.get("retired") else listed
 
 
 def retrieve(api: FakeOpenAI, model: str) -> dict[str, Any]:
