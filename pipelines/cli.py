@@ -126,6 +126,8 @@ def _show_curated(result: Any) -> None:
     say(f"  decision: {m['decision']['verdict']} ({m['decision']['why']})")
     say(f"Dataset:  {result.path}")
     say("  examples.jsonl, rag_backlog.jsonl, quarantine.jsonl, report.md, manifest.json")
+    if m.get("preferences"):
+        say(f"  preferences.jsonl: {m['preferences']['pairs']} preference pairs (for train.method dpo)")
 
 
 @app.command()
@@ -174,6 +176,10 @@ def _show_split(result: Any, cfg: PipelineConfig) -> None:
         f"{checks['validation']['examples']} validation examples)")
     say(f"  OpenAI estimate: {b['billed_tokens']:,} billed tokens ({b['epochs']} epochs x {b['tokens_per_epoch']:,}) "
         f"~ ${b['estimated_cost']:.2f} at ${b['price_per_million_tokens']}/1M tokens (base-model tokenizer count)")
+    if m.get("preferences"):
+        pc = m["preferences"]["counts"]
+        say(f"  preference pairs: train {pc['train']}, validation {pc['validation']} "
+            f"({m['preferences']['held_out']} held out with the regression set)")
     p = m["prompt_tokens_per_query"]
     say(f"  prompt tokens per query: fine-tune {p['finetune']}, baseline {p['baseline']}")
 

@@ -71,6 +71,7 @@ def _stage_summary(key: str, folder: Path, ident: str, manifest: dict[str, Any])
         info["dataset"] = manifest["dataset"]["id"]
     elif key == "run":
         info["backend"] = manifest.get("backend", "lora")
+        info["method"] = manifest.get("method", "sft")
         info["split"] = manifest["split"]["id"]
         info["final_eval_loss"] = (manifest.get("losses") or {}).get("final_eval_loss")
     elif key == "eval":
@@ -136,7 +137,7 @@ def _stage_lines(s: dict[str, Any]) -> list[str]:
         loss = f", validation loss {r['final_eval_loss']:.4f}" if isinstance(r.get("final_eval_loss"), float) else ""
         versions = f"; registered as {', '.join('v' + v for v in r['versions'])}" if r.get("versions") else ""
         older = "  [not the newest split: make train]" if sp and r.get("split") != sp["id"] else ""
-        lines.append(f"  run        {r['id']}: {r.get('backend', '?')} on {r.get('split')}{loss}{versions}{older}")
+        lines.append(f"  run        {r['id']}: {r.get('backend', '?')} ({r.get('method', 'sft')}) on {r.get('split')}{loss}{versions}{older}")
     else:
         lines.append("  run        none yet (make train)")
     if e and e.get("gate"):
