@@ -79,3 +79,42 @@ def test_dpo_without_pairs_is_a_clear_error(workspace, tiny_model_dir):
     result = workspace.run("train", "--config", str(cfg))
     assert result.exit_code != 0
     assert "holds no preference pairs" in result.output and "Traceback" not in result.output
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_crash_in_the_dpo_phase_resumes_without_redoing_sft(pairs_ready):
+    from transformers import TrainerCallback
+
+    from pipelines.config import load_config
+    from pipelines.train import train
+
+    ws, model_dir = pairs_ready
+    cfg = train_config(ws, model_dir, method="sft+dpo", max_steps=2, eval_steps=2,
+                       dpo={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3})
+    _curate_split(ws, cfg)
+    config = load_config(cfg)
+
+    class Phases(TrainerCallback):
+        def __init__(self, crash_in: int | None):
+            self.begun, self.crash_in = 0, crash_in
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.begun += 1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.begun == self.crash_in and state.global_step == 3:
+                raise Crash("power cut in the DPO phase")
+
+    with pytest.raises(Crash):
+        train(config, callbacks=[Phases(crash_in=2)])
+    work = next((ws.root / "artifacts" / "runs").glob(".work-run-*"))
+    assert (work / "sft-adapter" / "adapter_config.json").exists() and (work / "checkpoint-2").exists()
+    assert not list((ws.root / "artifacts" / "runs").glob("run-*"))
+    again = Phases(crash_in=None)
+    m = train(config, callbacks=[again]).manifest
+    assert again.begun == 1  # only the DPO phase ran: the SFT adapter was kept
+    assert m["steps"]["resumed_from"] == 2 and m["steps"]["done"] == 4 and m["dpo"]["sft_phase"]["steps"] == 2
+    assert not work.exists()
