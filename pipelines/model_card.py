@@ -168,10 +168,15 @@ def _lora_settings(run: dict[str, Any]) -> list[tuple[str, Any]]:
 def _training(run: dict[str, Any]) -> list[str]:
     if run.get("backend") == "openai":
         hyper = run["openai"].get("hyperparameters") or {}
-        settings = [("method", "supervised"), *((k, v) for k, v in hyper.items()),
+        method = "dpo" if run.get("method") == "dpo" else "supervised"
+        settings = [("method", method), *((k, v) for k, v in hyper.items()),
                     ("suffix", run["openai"].get("suffix")), ("seed", run["openai"].get("seed"))]
     else:
-        settings = _lora_settings(run)
+        settings = [("method", run.get("method", "sft")), *_lora_settings(run)]
+    if run.get("dpo"):
+        settings.append(("DPO beta; last validation reward margin, accuracy",
+                         f"{run['dpo']['beta']}; {run['dpo']['rewards'].get('margins')}, "
+                         f"{run['dpo']['rewards'].get('accuracies')}"))
     losses = run.get("losses") or {}
     settings.append(("validation loss: base -> final (best)",
                      f"{_pct(losses.get('base_eval_loss'))} -> {_pct(losses.get('final_eval_loss'))} "

@@ -478,6 +478,7 @@ def job_record(cfg: OpenAITrainConfig, endpoint: Endpoint, state: dict[str, Any]
         "trained_tokens": job.get("trained_tokens"),
         "result_files": results,
         "hyperparameters": {k: hyper.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+        "method": job.get("method"),  # the resolved method, with its hyperparameters (dpo: beta)
         "requested_hyperparameters": {"n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
                                       "learning_rate_multiplier": cfg.learning_rate_multiplier},
         "suffix": job.get("user_provided_suffix"),

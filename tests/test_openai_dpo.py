@@ -43,6 +43,7 @@ def test_a_dpo_job_trains_on_the_preference_files(project):
         job = server.state.jobs[m["openai"]["job_id"]].obj
         assert m["method"] == "dpo" and job["method"]["type"] == "dpo"
         assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.25
+        assert m["openai"]["method"]["dpo"]["hyperparameters"]["beta"] == 0.25
         # The uploaded files are split's preference files, byte for byte.
         uploaded = server.state.files[job["training_file"]]
         assert uploaded.content == (project.split / "train.dpo.openai.jsonl").read_bytes()
