@@ -17,7 +17,8 @@ Read top to bottom, the recipe is:
 5. The leakage check: no exact or near duplicate question across the three sets.
 6. Write our records, the OpenAI chat exports (rendered by the one prompt template), a
    Hugging Face `datasets` copy and the baseline's few-shot prompt; validate the exports with
-   OpenAI's format checks; count tokens and estimate the fine-tuning bill.
+   OpenAI's format checks; count tokens and estimate the fine-tuning bill. Preference pairs
+   follow their examples into train and validation (pipelines/split_preferences.py).
 """
 
 from __future__ import annotations
