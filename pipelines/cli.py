@@ -234,6 +234,10 @@ def _show_trained(result: Any) -> None:
     losses = m["losses"]
     verdict = "below" if losses["final_eval_loss"] < losses["base_eval_loss"] else "NOT below"
     say(f"  validation loss {losses['final_eval_loss']:.4f} ({verdict} the base model's {losses['base_eval_loss']:.4f})")
+    if m.get("dpo"):  # DPO: the starting loss is log 2, the policy being the reference
+        r = m["dpo"]["rewards"]
+        say(f"  method {m['method']} (beta {m['dpo']['beta']}): validation reward margin {r.get('margins')}, "
+            f"accuracy {r.get('accuracies')} (rewards.png)")
     say(f"Run:      {result.path}   (adapter/, curves.png, manifest.json; MLflow run {m['mlflow']['run_id']})")
 
 

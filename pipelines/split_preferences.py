@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from pipelines.config import PipelineConfig
-from pipelines.openai_format import billing_estimate, check_dpo_lines
+from pipelines.openai_format import FormatError, billing_estimate, check_dpo_lines
 from pipelines.storage import iter_jsonl, write_bytes_atomic
 from pipelines.template import render_messages
 
@@ -65,6 +65,9 @@ def write_preferences(tmp: Path, pairs: list[dict[str, Any]], sets: dict[str, li
         report = check_dpo_lines(lines)
         section["format_checks"][name] = {"ok": report.ok, "examples": report.examples,
                                           "problems": report.problems()}
+        if report.errors:  # a bad line is a bug here; too few pairs only stops train.method dpo
+            raise FormatError(f"{name}.dpo.openai.jsonl fails OpenAI's preference format checks: "
+                              + "; ".join(report.problems()))
         section["by_label"][name] = dict(sorted(Counter(p["label"] for p in items).items()))
         if name == "train":
             for pair in items:

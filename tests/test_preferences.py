@@ -176,3 +176,17 @@ def test_the_server_validates_files_by_the_jobs_method():
             assert failed.status == "failed" and failed.error.code == "invalid_training_file"
         model = c.models.retrieve("gpt-4.1-mini")
         assert model.id == "gpt-4.1-mini" and model.shutdown_date is None
+
+
+def test_split_refuses_a_preference_file_that_fails_the_checks(workspace, tmp_path):
+    from pipelines.config import load_config
+    from pipelines.openai_format import FormatError
+    from pipelines.split_preferences import write_preferences
+
+    config = load_config(workspace.config())
+    example = {"id": "ex-1", "query": "Q?", "contexts": [], "label": "bad_format"}
+    pair = {"id": "pr-1", "example_id": "ex-1", "label": "bad_format", "query": "Q?", "contexts": [],
+            "chosen": "same", "rejected": "same"}
+    with pytest.raises(FormatError, match="identical_outputs"):
+        write_preferences(tmp_path, [pair], {"train": [example], "validation": [], "regression": []}, config,
+                          lambda messages: 1)

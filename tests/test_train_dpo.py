@@ -39,6 +39,7 @@ def test_dpo_trains_the_adapter_against_the_base_model_through_the_cli(pairs_rea
     assert m["losses"]["base_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert m["losses"]["final_eval_loss"] < m["losses"]["base_eval_loss"]
     assert m["dpo"]["rewards"]["margins"] > 0 and 0 <= m["dpo"]["rewards"]["accuracies"] <= 1
+    assert "method dpo (beta 0.1): validation reward margin" in result.output
     assert m["steps"]["done"] == 4 and m["label_mask"]["train"]["trained_tokens"] > 0
     assert (run / "rewards.png").stat().st_size > 1000 and (run / "adapter" / "adapter_model.safetensors").exists()
     cfg_adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
