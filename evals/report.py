@@ -82,7 +82,7 @@ def _header(report: dict[str, Any]) -> list[str]:
             f"<style>{CSS}</style></head><body>",
             f"<h1>refit eval {_e(report['id'])}</h1>",
             f"<p class='muted'>pipeline {_e(report['pipeline'])} · run {_e(report['run']['id'])} "
-            f"({_e(report['run']['backend'])}) · split {_e(report['split']['id'])} · {_e(report['created_at'])}</p>",
+            f"({_e(report['run']['backend'])}, {_e(report['run'].get('method', 'sft'))}) · split {_e(report['split']['id'])} · {_e(report['created_at'])}</p>",
             f"<div class='verdict {cls}'>Gate: {_e(gate['summary'])}</div>"]
 
 

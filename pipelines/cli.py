@@ -126,6 +126,8 @@ def _show_curated(result: Any) -> None:
     say(f"  decision: {m['decision']['verdict']} ({m['decision']['why']})")
     say(f"Dataset:  {result.path}")
     say("  examples.jsonl, rag_backlog.jsonl, quarantine.jsonl, report.md, report.html, manifest.json")
+    if m.get("preferences"):
+        say(f"  preferences.jsonl: {m['preferences']['pairs']} preference pairs (for train.method dpo)")
 
 
 @app.command()
@@ -174,6 +176,10 @@ def _show_split(result: Any, cfg: PipelineConfig) -> None:
         f"{checks['validation']['examples']} validation examples)")
     say(f"  OpenAI estimate: {b['billed_tokens']:,} billed tokens ({b['epochs']} epochs x {b['tokens_per_epoch']:,}) "
         f"~ ${b['estimated_cost']:.2f} at ${b['price_per_million_tokens']}/1M tokens (base-model tokenizer count)")
+    if m.get("preferences"):
+        pc = m["preferences"]["counts"]
+        say(f"  preference pairs: train {pc['train']}, validation {pc['validation']} "
+            f"({m['preferences']['held_out']} held out with the regression set)")
     p = m["prompt_tokens_per_query"]
     say(f"  prompt tokens per query: fine-tune {p['finetune']}, baseline {p['baseline']}")
 
@@ -228,6 +234,10 @@ def _show_trained(result: Any) -> None:
     losses = m["losses"]
     verdict = "below" if losses["final_eval_loss"] < losses["base_eval_loss"] else "NOT below"
     say(f"  validation loss {losses['final_eval_loss']:.4f} ({verdict} the base model's {losses['base_eval_loss']:.4f})")
+    if m.get("dpo"):  # DPO: the starting loss is log 2, the policy being the reference
+        r = m["dpo"]["rewards"]
+        say(f"  method {m['method']} (beta {m['dpo']['beta']}): validation reward margin {r.get('margins')}, "
+            f"accuracy {r.get('accuracies')} (rewards.png)")
     say(f"Run:      {result.path}   (adapter/, curves.png, manifest.json; MLflow run {m['mlflow']['run_id']})")
 
 

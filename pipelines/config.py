@@ -25,6 +25,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipelines.config_dpo import DpoSettings
 from pipelines.routing import TAXONOMY_LABELS
 
 
@@ -158,12 +159,8 @@ class CurateConfig(Strict):
     fields: FieldMap = Field(FieldMap(), description="where each field lives in a log record, as a dotted path")
     label_aliases: dict[str, str] = Field(
         {}, description="your label names -> taxonomy labels, e.g. {format: bad_format}")
-    # Turn positively rated answers that pass the format, citation and grounding rules into
-    # "keep this behaviour" examples.
     keep_positive: bool = Field(True, description="positively rated answers that pass the rules become examples")
     max_line_bytes: int = Field(1 << 20, ge=1024, description="longer lines are quarantined unread")
-    # Raw text kept per quarantined line (after scrubbing); the file and line number point
-    # at the rest.
     quarantine_max_chars: int = Field(20_000, ge=100, description="raw text kept per quarantined line (scrubbed)")
     dedup: DedupConfig = DedupConfig()
     scrub: ScrubConfig = ScrubConfig()
@@ -288,6 +285,9 @@ class TrainConfig(Strict):
     backend: Literal["lora", "openai"] = Field(
         "lora", description="lora: local LoRA (transformers + peft + trl); openai: the fine-tuning API")
     split: str | None = Field(None, description="a split id; null: the newest (datasets/splits/LATEST)")
+    method: Literal["sft", "dpo", "sft+dpo"] = Field("sft", description="sft: reviewers' answers; dpo: preference "
+                                                     "pairs (vs production's); sft+dpo: SFT, then DPO from its adapter")
+    dpo: DpoSettings = Field(DpoSettings(), description="train.method dpo and sft+dpo")
     output_dir: str = Field("artifacts/runs", description="where runs land (one folder per id)")
     lora: LoraSettings = LoraSettings()
     openai: OpenAITrainConfig = Field(
@@ -303,12 +303,10 @@ class TrainConfig(Strict):
     warmup_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of steps spent warming up")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     max_length: int = Field(1024, ge=16, description="tokens; longer examples are truncated")
-    # Recompute activations in the backward pass to save memory (trl turns it on by
-    # default); a 135M model does not need it, and it costs a third of the step time.
-    activation_checkpointing: bool = Field(False, description="recompute activations to save memory (slower)")
+    activation_checkpointing: bool = Field(False, description=(
+        "recompute activations to save memory; a 135M model does not need it, and it costs a third of the step time"))
     eval_steps: int = Field(30, ge=1, description="validation loss about every N steps (the last step always)")
-    # A re-run resumes from the last checkpoint.
-    save_steps: int = Field(20, ge=1, description="checkpoint every N steps when early stopping is off")
+    save_steps: int = Field(20, ge=1, description="checkpoint every N steps when early stopping is off (a re-run resumes)")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept in the work folder")
     early_stopping_patience: int | None = Field(
         3, ge=1, description="evaluations without improvement before stopping; null: never")

@@ -27,7 +27,6 @@ import contextlib
 import gc
 import hashlib
 import random
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,10 +38,13 @@ import orjson
 
 from pipelines.accounting import Accounting
 from pipelines.answers import Answer, AnswerContract
+from pipelines.clock import Clock
 from pipelines.config import CurateConfig, PipelineConfig
 from pipelines.curate_html import render_html, retrieval_markdown
 from pipelines.curate_report import Backlog, decide, render_report
 from pipelines.minhash import MinHasher, clusters, text_fingerprint
+from pipelines.preferences import PAIR_KEY, PreferenceFile, rejected_side
+from pipelines.preferences import render_lines as preference_lines
 from pipelines.rag_health import RagHealth
 from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, parse_line, sample_general
 from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
@@ -91,37 +93,12 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
         run.write_examples(inputs.general_path)
         backlog_entries = run.write_backlog()
         manifest = run.manifest(stage, inputs, clock.timings())
-        (tmp / "report.md").write_text(render_report(manifest, backlog_entries) + retrieval_markdown(manifest), "utf-8")
+        report = render_report(manifest, backlog_entries) + "\n".join(preference_lines(manifest))
+        (tmp / "report.md").write_text(report + retrieval_markdown(manifest), encoding="utf-8")
         (tmp / "report.html").write_text(render_html(manifest, backlog_entries), encoding="utf-8")
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     progress.stop()
     return CurateResult(stage.ident, stage.final, manifest, skipped=False)
-
-
-class Clock:
-    """Seconds per step; excluded time (loading the tokenizer) is reported, not counted in the total."""
-
-    def __init__(self) -> None:
-        self.started = self.last = time.perf_counter()
-        self.laps: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def excluded(self, name: str) -> Iterator[None]:
-        begun = time.perf_counter()
-        yield
-        seconds = time.perf_counter() - begun
-        self.laps[name] = seconds
-        self.started += seconds
-        self.last += seconds
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = now - self.last
-        self.last = now
-
-    def timings(self) -> dict[str, float]:
-        total = time.perf_counter() - self.started
-        return {name: round(s, 3) for name, s in self.laps.items()} | {"total_s": round(total, 3)}
 
 
 @dataclass(frozen=True)
@@ -349,6 +326,7 @@ class CurateRun:
         self.pool_seen = 0
         self._scrubbed_contexts: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
         self.examples = ExampleFile(tmp / "examples.jsonl")
+        self.preferences = PreferenceFile(tmp / "preferences.jsonl")
         self.general_skipped: Counter = Counter()
 
     def scrub_context(self, text: str) -> str:
@@ -457,6 +435,7 @@ class CurateRun:
             "timestamp": self.scrub(record.timestamp) if record.timestamp else None,
             "file": where[0],
             "line": where[1],
+            PAIR_KEY: self.preferences.carry(rejected_side(source, record.response, self.scrub)),
             "_rank": SOURCE_RANK.get((source, r.label_source), 0),
             "_from_record": source != "idk_from_hallucination",
         })
@@ -479,6 +458,7 @@ class CurateRun:
             general = sample_general(general_path, wanted, self.rng, self.scrub, self.general_skipped)
             self._write_derived(general, "general", lambda: self.general_skipped.update(["too_long"]))
         self.examples.close()
+        self.preferences.close()
 
     def _write_kept(self) -> list[dict[str, Any]]:
         """Write the kept candidates; return the synthetic IDK examples made from a seeded
@@ -493,7 +473,9 @@ class CurateRun:
                 self.accounting.keep(example["label"])
             else:
                 self.accounting.add("idk_from_hallucination")
+            rejected = example.pop(PAIR_KEY, None)  # dropped candidates take their pair with them
             self.examples.write(example)
+            self.preferences.offer(example, rejected)
             if i in sources:
                 made = synthetic_idk(example, self.context_pool, self.rng, self.rules)
                 if made is not None:
@@ -536,6 +518,7 @@ class CurateRun:
             "scrubbed": dict(sorted(self.scrubber.counts.items())),
             "examples_by_label": dict(sorted(self.examples.by_label.items())),
             "examples_by_source": dict(sorted(self.examples.by_source.items())),
+            "preferences": self.preferences.manifest(),
             "tokens": {
                 "max_seq_tokens": self.config.model.max_seq_tokens,
                 "min": int(lengths.min()), "median": int(np.median(lengths)),
@@ -548,7 +531,7 @@ class CurateRun:
             **self.health.entries(decide(self.accounting.labels, counts, self.cfg.decision), self.cfg.decision),
             "timings": timings,
             "files": {name: file_sha256(self.tmp / name)
-                      for name in ("examples.jsonl", "rag_backlog.jsonl", "quarantine.jsonl")},
+                      for name in ("examples.jsonl", "rag_backlog.jsonl", "quarantine.jsonl", "preferences.jsonl")},
         }
 
 

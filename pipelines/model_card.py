@@ -25,6 +25,7 @@ def lineage_tags(config: PipelineConfig, ev: Evaluated) -> dict[str, str]:
         "refit.pipeline": config.name,
         TAG_RUN: run["id"],
         "refit.backend": run.get("backend", "lora"),
+        "refit.method": run.get("method", "sft"),
         "refit.base_model": str(base.get("id") or base.get("name") or config.model.base),
         "refit.dataset_id": str(dataset.get("id")),
         "refit.dataset_sha256": str(dataset.get("examples_sha256")),
@@ -45,6 +46,8 @@ def lineage_tags(config: PipelineConfig, ev: Evaluated) -> dict[str, str]:
             tags[f"refit.primary_{key}"] = f"{p[key]:.6g}" if isinstance(p[key], float) else str(p[key])
     if run.get("backend") == "openai":
         tags["refit.openai_model"] = run["openai"]["fine_tuned_model"]
+        if base.get("shutdown_date"):  # the fine-tune answers only until its base snapshot is retired
+            tags["refit.openai_shutdown_date"] = str(base["shutdown_date"])
     else:
         tags["refit.adapter"] = str(ev.run_path / run.get("adapter", {}).get("path", "adapter"))
     return tags
@@ -165,10 +168,15 @@ def _lora_settings(run: dict[str, Any]) -> list[tuple[str, Any]]:
 def _training(run: dict[str, Any]) -> list[str]:
     if run.get("backend") == "openai":
         hyper = run["openai"].get("hyperparameters") or {}
-        settings = [("method", "supervised"), *((k, v) for k, v in hyper.items()),
+        method = "dpo" if run.get("method") == "dpo" else "supervised"
+        settings = [("method", method), *((k, v) for k, v in hyper.items()),
                     ("suffix", run["openai"].get("suffix")), ("seed", run["openai"].get("seed"))]
     else:
-        settings = _lora_settings(run)
+        settings = [("method", run.get("method", "sft")), *_lora_settings(run)]
+    if run.get("dpo"):
+        settings.append(("DPO beta; last validation reward margin, accuracy",
+                         f"{run['dpo']['beta']}; {run['dpo']['rewards'].get('margins')}, "
+                         f"{run['dpo']['rewards'].get('accuracies')}"))
     losses = run.get("losses") or {}
     settings.append(("validation loss: base -> final (best)",
                      f"{_pct(losses.get('base_eval_loss'))} -> {_pct(losses.get('final_eval_loss'))} "

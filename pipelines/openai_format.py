@@ -141,3 +141,79 @@ def billing_estimate(example_tokens: list[int], max_tokens_per_example: int, pri
         "estimated_cost": round(billed * price_per_million / 1e6, 4),
         "over_max_tokens": sum(n > max_tokens_per_example for n in example_tokens),
     }
+
+
+# --------------------------------------------------------------------------- preference (DPO) files
+
+DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
+DPO_INPUT_KEYS = ("messages", "tools", "parallel_tool_calls")
+
+
+def _output_errors(output: Any) -> list[str]:
+    """One side of a pair: a list of exactly one assistant message with text content."""
+    if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
+        return ["output_not_one_message"]
+    message = output[0]
+    errors = []
+    if any(k not in ALLOWED_MESSAGE_KEYS for k in message):
+        errors.append("message_unrecognized_key")
+    if message.get("role") != "assistant":
+        errors.append("output_not_assistant")
+    if not isinstance(message.get("content"), str) or not message["content"].strip():
+        errors.append("missing_content")
+    return errors
+
+
+def dpo_example_errors(example: Any) -> list[str]:
+    """The checks for one line of a preference file (`method.type: dpo`): an `input` whose
+    messages end with the user's turn, and one assistant message on each side, different."""
+    if not isinstance(example, dict):
+        return ["data_type"]
+    errors = ["unrecognized_key"] if any(k not in DPO_KEYS for k in example) else []
+    inp = example.get("input")
+    if not isinstance(inp, dict) or not inp.get("messages"):
+        return errors + ["missing_input_messages"]
+    if any(k not in DPO_INPUT_KEYS for k in inp):
+        errors.append("unrecognized_key")
+    messages = inp["messages"]
+    if not isinstance(messages, list):
+        return errors + ["data_type"]
+    for message in messages:
+        if not isinstance(message, dict):
+            errors.append("data_type")
+            continue
+        if message.get("role") not in ALLOWED_ROLES or any(k not in ALLOWED_MESSAGE_KEYS for k in message):
+            errors.append("unrecognized_role" if message.get("role") not in ALLOWED_ROLES else "message_unrecognized_key")
+        if not isinstance(message.get("content"), str) or not message["content"]:
+            errors.append("missing_content")
+    if not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+        errors.append("input_not_ending_with_user")
+    for side in ("preferred_output", "non_preferred_output"):
+        errors += _output_errors(example.get(side)) if side in example else [f"missing_{side}"]
+    if not errors and example["preferred_output"][0]["content"] == example["non_preferred_output"][0]["content"]:
+        errors.append("identical_outputs")
+    return list(dict.fromkeys(errors))
+
+
+def check_dpo_lines(lines: list[bytes]) -> FormatReport:
+    report = FormatReport()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        report.examples += 1
+        try:
+            errors = dpo_example_errors(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            errors = ["invalid_json"]
+        for check in errors:
+            report.errors[check] += 1
+            report.first_error.setdefault(check, number)
+    return report
+
+
+def require_valid_dpo(path: Path) -> FormatReport:
+    """Raise FormatError naming the first failing line and check of a preference file."""
+    report = check_dpo_lines(path.read_bytes().splitlines())
+    if not report.ok:
+        raise FormatError(f"{path}: fails OpenAI's preference (DPO) format checks: " + "; ".join(report.problems()))
+    return report

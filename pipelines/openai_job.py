@@ -22,6 +22,7 @@ import orjson
 
 from pipelines.config import OpenAITrainConfig, PipelineConfig
 from pipelines.openai_api import Api, ApiFailure
+from pipelines.openai_method import method_body
 from pipelines.storage import dumps, file_sha256, write_bytes_atomic
 from pipelines.train import TrainError
 
@@ -80,9 +81,11 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return obj.model_dump(mode="json") if hasattr(obj, "model_dump") else dict(obj)
 
 
-def upload_files(api: Api, state: dict[str, Any], work: Path, split_path: Path, run_id: str) -> None:
+def upload_files(api: Api, state: dict[str, Any], work: Path, split_path: Path, run_id: str,
+                 names: dict[str, str] = FILES) -> None:
+    """Upload `names` (set -> file name; the method's files), each id recorded at once."""
     files = state.setdefault("files", {})
-    for name, filename in FILES.items():
+    for name, filename in names.items():
         path = split_path / filename
         data = path.read_bytes()
         upload_name = f"refit-{run_id}-{filename}"
@@ -127,8 +130,6 @@ def find_job(api: Api, run_id: str, skip: list[str]) -> Any:
 def create_job(api: Api, config: PipelineConfig, state: dict[str, Any], work: Path, run_id: str,
                split_manifest: dict[str, Any]) -> Any:
     cfg = config.train.openai
-    hyperparameters = {"n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
-                       "learning_rate_multiplier": cfg.learning_rate_multiplier}
     metadata = {"refit_run_id": run_id, "refit_split_id": split_manifest["id"],
                 "refit_dataset_id": split_manifest["dataset"]["id"],
                 "refit_dataset_sha256": split_manifest["dataset"].get("examples_sha256", ""),
@@ -136,7 +137,7 @@ def create_job(api: Api, config: PipelineConfig, state: dict[str, Any], work: Pa
     kwargs: dict[str, Any] = {
         "model": cfg.model, "training_file": state["files"]["train"]["id"],
         "validation_file": state["files"]["validation"]["id"],
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "method": method_body(config),
         "metadata": metadata,
     }
     if cfg.suffix:

@@ -17,7 +17,8 @@ Read top to bottom, the recipe is:
 5. The leakage check: no exact or near duplicate question across the three sets.
 6. Write our records, the OpenAI chat exports (rendered by the one prompt template), a
    Hugging Face `datasets` copy and the baseline's few-shot prompt; validate the exports with
-   OpenAI's format checks; count tokens and estimate the fine-tuning bill.
+   OpenAI's format checks; count tokens and estimate the fine-tuning bill. Preference pairs
+   follow their examples into train and validation (pipelines/split_preferences.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pipelines.config import OutputConfig, PipelineConfig, SplitConfig
 from pipelines.contracts import ContractError, CurateManifest, read_manifest
 from pipelines.minhash import MinHasher, band_collisions, components, text_fingerprint
 from pipelines.openai_format import billing_estimate, check_file
+from pipelines.split_preferences import read_pairs, write_preferences
 from pipelines.stage import Stage
 from pipelines.storage import (
     code_version,
@@ -433,11 +435,14 @@ def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None)
             write_bytes_atomic(tmp / f"{name}.jsonl", jsonl_bytes(items))
         exports = write_openai_exports(tmp, sets, config, tokenizer)
         baseline = write_baseline_prompt(tmp, validation, shots, config, tokenizer)
+        # Each pair goes where its example went (curate's pairs carry the example's id).
+        preferences = write_preferences(tmp, read_pairs(source.path), sets, config,
+                                        lambda messages: _token_count(tokenizer, messages))
         _write_hf_copy(tmp / "hf", sets, config)
         dataset = {"id": source.id, "path": str(source.path), "examples_sha256": source.examples_sha256}
         manifest = (stage.base_manifest(config, CONFIG_SECTIONS, dataset=dataset, seed=config.split.seed)
                     | describe_split(sets, len(examples), len(excluded), regression_path, regression_before, drawn)
-                    | exports | baseline
+                    | exports | baseline | preferences
                     | {"few_shot_ids": [e["id"] for e in shots],
                        "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
                        "timings": {"total_s": round(time.perf_counter() - started, 3)}})

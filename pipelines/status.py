@@ -3,6 +3,7 @@ retrain, gathered (`gather`) and then written as lines (`lines`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,28 @@ def _describe_version(v: Any) -> dict[str, Any]:
     return {"version": str(v.version), "run_id": v.tags.get(TAG_RUN), "eval_id": v.tags.get(TAG_EVAL),
             "gate": v.tags.get("refit.gate"), "primary": v.tags.get("refit.primary"),
             "dataset_id": v.tags.get("refit.dataset_id"), "forced": v.tags.get("refit.forced") == "true",
+            "method": v.tags.get("refit.method"), "shutdown_date": v.tags.get("refit.openai_shutdown_date"),
             "source": v.source}
+
+
+SHUTDOWN_WARNING_DAYS = 30
+
+
+def shutdown_warning(version: dict[str, Any], today: dt.date | None = None) -> str | None:
+    """A warning when an OpenAI champion's base model shuts down within 30 days (or has)."""
+    raw = version.get("shutdown_date")
+    if not raw:
+        return None
+    try:
+        date = dt.date.fromisoformat(str(raw)[:10])
+    except ValueError:
+        return None
+    days = (date - (today or dt.datetime.now(dt.UTC).date())).days
+    if days > SHUTDOWN_WARNING_DAYS:
+        return None
+    when = f"shut down on {date.isoformat()}" if days <= 0 else f"shuts down on {date.isoformat()} (in {days} days)"
+    return (f"  WARNING    the champion's base model {when}; its fine-tune stops answering then. Train a "
+            "replacement on another model, Azure OpenAI or the LoRA backend, and promote it.")
 
 
 def _stage_summary(key: str, folder: Path, ident: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -49,6 +71,7 @@ def _stage_summary(key: str, folder: Path, ident: str, manifest: dict[str, Any])
         info["dataset"] = manifest["dataset"]["id"]
     elif key == "run":
         info["backend"] = manifest.get("backend", "lora")
+        info["method"] = manifest.get("method", "sft")
         info["split"] = manifest["split"]["id"]
         info["final_eval_loss"] = (manifest.get("losses") or {}).get("final_eval_loss")
     elif key == "eval":
@@ -114,7 +137,7 @@ def _stage_lines(s: dict[str, Any]) -> list[str]:
         loss = f", validation loss {r['final_eval_loss']:.4f}" if isinstance(r.get("final_eval_loss"), float) else ""
         versions = f"; registered as {', '.join('v' + v for v in r['versions'])}" if r.get("versions") else ""
         older = "  [not the newest split: make train]" if sp and r.get("split") != sp["id"] else ""
-        lines.append(f"  run        {r['id']}: {r.get('backend', '?')} on {r.get('split')}{loss}{versions}{older}")
+        lines.append(f"  run        {r['id']}: {r.get('backend', '?')} ({r.get('method', 'sft')}) on {r.get('split')}{loss}{versions}{older}")
     else:
         lines.append("  run        none yet (make train)")
     if e and e.get("gate"):
@@ -134,6 +157,9 @@ def _registry_lines(s: dict[str, Any]) -> list[str]:
             forced = ", FORCED" if v.get("forced") else ""
             lines.append(f"  {alias:<10} v{v['version']}: run {v['run_id']}, eval {v['eval_id']}, gate {v['gate']}"
                          f"{forced}")
+            warning = shutdown_warning(v) if alias == CHAMPION else None
+            if warning:
+                lines.append(warning)
         elif "registry_error" not in s:
             lines.append(f"  {alias:<10} none" + (" (make promote)" if alias == CHAMPION else ""))
     last = s.get("last_champion_move")

@@ -179,6 +179,8 @@ class Prepared:
     n_layers: int
     max_steps: int
     mask: dict[str, Any]
+    method: str = "sft"
+    sft_phase: dict[str, Any] | None = None  # sft+dpo: what the SFT phase did
 
 
 def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callbacks: list[Any]) -> Prepared:
@@ -221,8 +223,13 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
         return TrainResult(stage.ident, stage.final, done, skipped=True)
     work = WorkFolder.open(stage, fresh=restart or force)
     mlflow_run = start_tracking(config, work, stage.ident, split_manifest) if track and work.is_main else None
-    prepared = build_trainer(config, split_path, work.path,
-                             callbacks=lora_callbacks(mlflow_run, progress or Progress()) + list(callbacks or []))
+    hooks = lora_callbacks(mlflow_run, progress or Progress()) + list(callbacks or [])
+    if config.train.method == "sft":
+        prepared = build_trainer(config, split_path, work.path, callbacks=hooks)
+    else:  # dpo, sft+dpo: trl's DPOTrainer on the preference pairs (pipelines/train_dpo.py)
+        from pipelines.train_dpo import build_dpo_trainer
+
+        prepared = build_dpo_trainer(config, split_path, work, callbacks=hooks)
     measure_base_model(prepared.trainer, work, mlflow_run)
     fit = run_training(prepared.trainer, work.path)
     if not work.is_main:  # under `accelerate launch` the main process writes the run
@@ -272,6 +279,7 @@ def start_tracking(config: PipelineConfig, work: WorkFolder, run_id: str, split_
         "base_model": config.model.base, "backend": "lora", "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha,
         "lora_dropout": cfg.lora.dropout, "lora_top_layers": cfg.lora.top_layers,
         "target_modules": ",".join(cfg.lora.target_modules), "learning_rate": cfg.learning_rate,
+        "method": cfg.method, "dpo_beta": cfg.dpo.beta if cfg.method != "sft" else None,
         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
         "max_length": cfg.max_length, "seed": cfg.seed, "precision": cfg.precision, "batching": cfg.batching,
     })
@@ -339,6 +347,10 @@ def write_run(stage: Stage, config: PipelineConfig, split_path: Path, split_mani
         _check_adapter(tmp / "adapter")
         (tmp / "log_history.json").write_bytes(dumps(history))
         plot_curves(history, state["base_eval_loss"], tmp / "curves.png")
+        if prepared.method != "sft":
+            from pipelines.train_dpo import plot_rewards
+
+            plot_rewards(history, tmp / "rewards.png")
         manifest = stage.base_manifest(config, CONFIG_SECTIONS, backend="lora") | run_manifest(
             config, split_path, split_manifest, prepared, fit, state, mlflow_run, started)
         (tmp / "manifest.json").write_bytes(dumps(manifest))
@@ -353,6 +365,8 @@ def run_manifest(config: PipelineConfig, split_path: Path, split_manifest: dict[
     trainer, meter, steps = prepared.trainer, prepared.trainer.meter, prepared.trainer.state
     train_losses = [h["loss"] for h in steps.log_history if "loss" in h]
     return {
+        "method": prepared.method,
+        **(preference_record(prepared, steps.log_history) if prepared.method != "sft" else {}),
         "split": {"id": split_manifest["id"], "path": str(split_path)},
         "dataset": split_manifest["dataset"],
         "base_model": {"name": config.model.base, "id": base_model_id(config.model.base), "layers": prepared.n_layers,
@@ -384,15 +398,25 @@ def run_manifest(config: PipelineConfig, split_path: Path, split_manifest: dict[
     }
 
 
+def preference_record(prepared: Prepared, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A DPO run's extras: its beta, the SFT phase (sft+dpo) and the last validation rewards."""
+    from pipelines.train_dpo import reward_series
+
+    return {"dpo": {"beta": prepared.trainer.args.beta, "sft_phase": prepared.sft_phase,
+                    "rewards": reward_series(history), "curves": "rewards.png"}}
+
+
 def finish_tracking(mlflow_run: str | None, stage: Stage, manifest: dict[str, Any],
                     split_manifest: dict[str, Any]) -> None:
     tracking.finish_run(
-        mlflow_run, "FINISHED", {"refit.run_id": stage.ident, "refit.split_id": split_manifest["id"]},
+        mlflow_run, "FINISHED", {"refit.run_id": stage.ident, "refit.split_id": split_manifest["id"],
+                                 "refit.method": manifest["method"]},
         metrics={"final_eval_loss": manifest["losses"]["final_eval_loss"],
                  "padding_share": manifest["tokens"]["padding_share"],
                  "train_tokens_per_second": manifest["tokens"]["tokens_per_second"]},
         step=manifest["steps"]["done"],
-        artifacts=[(stage.final / "curves.png", None), (stage.final / "manifest.json", None)])
+        artifacts=[(stage.final / name, None) for name in ("curves.png", "rewards.png", "manifest.json")
+                   if (stage.final / name).exists()])
 
 
 def _step_of(checkpoint: str | None) -> int | None:

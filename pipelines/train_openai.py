@@ -11,9 +11,11 @@ Read top to bottom, the recipe is:
 2. Check before spending: the split's OpenAI files passed the format checks when split wrote
    them, still pass them now, and are byte for byte the files split recorded. Estimate the
    billed tokens and the cost. A new job needs a yes: --yes, `train.openai.assume_yes`, or an
-   interactive confirmation.
-3. Upload the train and validation files (purpose "fine-tune") and create the job: method
-   "supervised" with its hyperparameters, suffix, seed, the validation file, and metadata
+   interactive confirmation. Then, before any upload, the base model must still exist on the
+   endpoint and not be past its shutdown date (the models API; pipelines/openai_method.py).
+3. Upload the train and validation files (purpose "fine-tune"; with `train.method: dpo` the
+   preference files) and create the job: method "supervised" (or "dpo", with beta) with its
+   hyperparameters, suffix, seed, the validation file, and metadata
    naming the run, split and dataset. Every id goes into the run's work folder the moment it
    exists; the intent to create the job is written before the request, and a create whose
    answer was lost (a timeout, a dropped connection, a 5xx) is looked up by its metadata
@@ -52,7 +54,7 @@ from pipelines.contracts import RunManifest, read_manifest
 from pipelines.openai_api import Api, ApiFailure, Endpoint, read_api_key, resolve_endpoint
 from pipelines.openai_api import Redactor as Redactor  # re-exported: imported from here by tests
 from pipelines.openai_api import retry_after_seconds as retry_after_seconds  # re-exported, likewise
-from pipelines.openai_format import FormatError, default_epochs, require_valid
+from pipelines.openai_format import default_epochs
 from pipelines.openai_job import (
     ACTIVE,
     EVENTS,
@@ -68,6 +70,14 @@ from pipelines.openai_job import (
     run_lock,
     save_state,
     upload_files,
+)
+from pipelines.openai_method import (
+    blocked_explanation,
+    check_base_model,
+    check_method,
+    files,
+    recorded,
+    require_valid_file,
 )
 from pipelines.stage import Stage, content_key
 from pipelines.storage import dumps, file_sha256
@@ -98,26 +108,30 @@ Confirm = Callable[[dict[str, Any]], bool]
 # --------------------------------------------------------------------------- 1. identity
 
 
-def job_settings(cfg: OpenAITrainConfig) -> dict[str, Any]:
-    """The settings that define the job (and so the run id)."""
-    return {"model": cfg.model, "n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
-            "learning_rate_multiplier": cfg.learning_rate_multiplier, "suffix": cfg.suffix, "seed": cfg.seed}
+def job_settings(cfg: OpenAITrainConfig, method: str = "sft", beta: float | None = None) -> dict[str, Any]:
+    """The settings that define the job (and so the run id). The method is added only when
+    it is not sft, so an SFT job started before methods existed keeps its run id."""
+    settings = {"model": cfg.model, "n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
+                "learning_rate_multiplier": cfg.learning_rate_multiplier, "suffix": cfg.suffix, "seed": cfg.seed}
+    return settings if method == "sft" else settings | {"method": method, "beta": beta}
 
 
-def run_key_payload(split_manifest: dict[str, Any], cfg: OpenAITrainConfig, endpoint: Endpoint) -> dict[str, Any]:
+def run_key_payload(split_manifest: dict[str, Any], cfg: OpenAITrainConfig, endpoint: Endpoint,
+                    method: str = "sft", beta: float | None = None) -> dict[str, Any]:
     """What defines the job. No code version on purpose: upgrading refit while a job runs must
     re-attach to it, never pay for a second one."""
     return {
         "backend": "openai",
         "split": split_manifest["id"],
-        "split_files": {name: split_manifest["files"].get(name) for name in FILES.values()},
-        "job": job_settings(cfg),
+        "split_files": {name: split_manifest["files"].get(name) for name in files(method).values()},
+        "job": job_settings(cfg, method, beta),
         "endpoint": {"base_url": endpoint.base_url, "organization": endpoint.organization, "project": endpoint.project},
     }
 
 
-def run_key(split_manifest: dict[str, Any], cfg: OpenAITrainConfig, endpoint: Endpoint) -> str:
-    return content_key(run_key_payload(split_manifest, cfg, endpoint))
+def run_key(split_manifest: dict[str, Any], cfg: OpenAITrainConfig, endpoint: Endpoint, method: str = "sft",
+            beta: float | None = None) -> str:
+    return content_key(run_key_payload(split_manifest, cfg, endpoint, method, beta))
 
 
 @dataclass
@@ -128,6 +142,7 @@ class Run:
     split_manifest: dict[str, Any]
     endpoint: Endpoint
     stage: Stage
+    method: str = "sft"
 
     @property
     def run_id(self) -> str:
@@ -145,32 +160,30 @@ class Run:
 def locate(config: PipelineConfig) -> Run:
     split_path, split_manifest = read_split(config)
     endpoint = resolve_endpoint(config.train.openai)
+    method = check_method(config)
     stage = Stage.identify("train", "run", Path(config.train.output_dir),
-                           run_key_payload(split_manifest, config.train.openai, endpoint))
-    return Run(split_path, split_manifest, endpoint, stage)
+                           run_key_payload(split_manifest, config.train.openai, endpoint, method, config.train.dpo.beta))
+    return Run(split_path, split_manifest, endpoint, stage, method)
 
 
 # --------------------------------------------------------------------------- 2. checks and the estimate
 
 
-def preflight(split_path: Path, split_manifest: dict[str, Any]) -> dict[str, Any]:
-    """The files must have passed the format checks at split time, pass them now, and be the
-    files split wrote. Returns the current reports."""
-    recorded = split_manifest.get("openai", {}).get("format_checks", {})
+def preflight(split_path: Path, split_manifest: dict[str, Any], method: str = "sft") -> dict[str, Any]:
+    """The method's files must have passed the format checks at split time, pass them now,
+    and be the files split wrote. Returns the current reports."""
+    checks = recorded(split_manifest, method)[0]
     reports = {}
-    for name, filename in FILES.items():
+    for name, filename in files(method).items():
         path = split_path / filename
-        check = recorded.get(name)
+        check = checks.get(name)
         if not check or not check.get("ok"):
             problems = "; ".join((check or {}).get("problems") or ["no format check recorded"])
             raise TrainError(f"split {split_manifest['id']}: {filename} did not pass OpenAI's format checks ({problems}); "
                              "fix the data and run `make split` again")
         if not path.exists():
             raise TrainError(f"split {split_manifest['id']}: {filename} is missing")
-        try:
-            report = require_valid(path)
-        except FormatError as exc:
-            raise TrainError(f"refusing to upload: {exc}") from None
+        report = require_valid_file(path, method)
         expected = split_manifest.get("files", {}).get(filename)
         if expected and file_sha256(path) != expected:
             raise TrainError(f"refusing to upload: {path} changed since split {split_manifest['id']} wrote it "
@@ -183,11 +196,11 @@ def estimate(config: PipelineConfig, split_manifest: dict[str, Any]) -> dict[str
     """Billed tokens: the split's per-epoch count (each example capped at the per-example
     limit) times the epochs this job will run, priced per million tokens."""
     cfg = config.train.openai
-    billing = split_manifest["openai"]["billing"]
+    billing = recorded(split_manifest, config.train.method)[1]
     epochs = cfg.n_epochs if cfg.n_epochs != "auto" else default_epochs(billing["examples"])
     price = cfg.price_per_million_tokens if cfg.price_per_million_tokens is not None else billing["price_per_million_tokens"]
     billed = billing["tokens_per_epoch"] * epochs
-    return {"model": cfg.model, "examples": billing["examples"], "epochs": epochs,
+    return {"model": cfg.model, "method": config.train.method, "examples": billing["examples"], "epochs": epochs,
             "epochs_source": "config" if cfg.n_epochs != "auto" else "OpenAI's default rule",
             "tokens_per_epoch": billing["tokens_per_epoch"], "billed_tokens": billed,
             "price_per_million_tokens": price, "estimated_cost": round(billed * price / 1e6, 4),
@@ -295,13 +308,18 @@ def start_job(config: PipelineConfig, run: Run, state: dict[str, Any], api: Api,
               confirm: Confirm | None, progress: Progress) -> None:
     """Steps 2-3: the checks and the estimate before anything is uploaded, the yes, then the
     upload and the create, each id on disk the moment it exists."""
-    preflight(run.split_path, run.split_manifest)
+    preflight(run.split_path, run.split_manifest, run.method)
     state["estimate"] = estimate(config, run.split_manifest)
     progress.estimate(state["estimate"])
     confirm_spend(state["estimate"], assume_yes=assume_yes, confirm=confirm)
+    # No request at all before the yes; then the model is looked up before anything is uploaded.
+    state["base_model"] = check_base_model(api, config.train.openai.model)
     save_state(run.work, state)
-    upload_files(api, state, run.work, run.split_path, run.run_id)
-    job = create_job(api, config, state, run.work, run.run_id, run.split_manifest)
+    upload_files(api, state, run.work, run.split_path, run.run_id, files(run.method))
+    try:
+        job = create_job(api, config, state, run.work, run.run_id, run.split_manifest)
+    except ApiFailure as exc:  # an organisation that may no longer fine-tune gets the why
+        raise blocked_explanation(exc) or exc from None
     progress.note(f"created job {job.id} (recorded in {run.work / STATE})")
 
 
@@ -421,11 +439,13 @@ def write_run(config: PipelineConfig, run: Run, state: dict[str, Any], job: dict
         results = download_results(api, job, tmp)
         (tmp / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in follower.events))
         plot_curves(points, follower.checkpoints, tmp / "curves.png", f"refit OpenAI fine-tune ({job['id']})")
-        key = run_key(run.split_manifest, config.train.openai, run.endpoint)
+        key = run_key(run.split_manifest, config.train.openai, run.endpoint, run.method, config.train.dpo.beta)
         manifest = run.stage.base_manifest(config, backend="openai", config_hash=key) | {
+            "method": run.method,
             "split": {"id": run.split_manifest["id"], "path": str(run.split_path)},
             "dataset": run.split_manifest["dataset"],
-            "base_model": {"name": config.train.openai.model, "provider": "openai"},
+            "base_model": {"name": config.train.openai.model, "provider": "openai",
+                           "shutdown_date": (state.get("base_model") or {}).get("shutdown_date")},
             "config": config.train.model_dump(mode="json"),
             "openai": job_record(config.train.openai, run.endpoint, state, job, follower, results),
             "losses": losses(points, follower.checkpoints),
@@ -458,6 +478,7 @@ def job_record(cfg: OpenAITrainConfig, endpoint: Endpoint, state: dict[str, Any]
         "trained_tokens": job.get("trained_tokens"),
         "result_files": results,
         "hyperparameters": {k: hyper.get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+        "method": job.get("method"),  # the resolved method, with its hyperparameters (dpo: beta)
         "requested_hyperparameters": {"n_epochs": cfg.n_epochs, "batch_size": cfg.batch_size,
                                       "learning_rate_multiplier": cfg.learning_rate_multiplier},
         "suffix": job.get("user_provided_suffix"),

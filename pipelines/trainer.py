@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
-from trl import SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from pipelines.config import LoraSettings, PipelineConfig, TrainConfig
 from pipelines.train import TokenMeter, TrainError
@@ -124,6 +124,25 @@ def training_arguments(cfg: TrainConfig, work: str, max_steps: int, evaluate_eac
     )
 
 
+def dpo_arguments(cfg: TrainConfig, work: str, max_steps: int, evaluate_each: int, precision: str) -> DPOConfig:
+    """The DPO phase's arguments: `cfg` is train with dpo's epochs, steps, batch size and
+    learning rate swapped in. Validation keeps the reward metrics (no prediction_loss_only)."""
+    return DPOConfig(
+        output_dir=work, max_steps=max_steps, beta=cfg.dpo.beta, loss_type=["sigmoid"],
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=int(cfg.warmup_fraction * max_steps),
+        weight_decay=cfg.weight_decay, max_length=cfg.max_length, truncation_mode="keep_start",
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not torch.cuda.is_available(),
+        eval_strategy="steps", eval_steps=evaluate_each, save_strategy="steps",
+        save_steps=evaluate_each if cfg.early_stopping_patience else cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, load_best_model_at_end=cfg.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss", greater_is_better=False, logging_steps=1, report_to="none",
+        disable_tqdm=True, seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0,
+        activation_checkpointing=cfg.activation_checkpointing,
+    )
+
+
 def early_stopping(cfg: TrainConfig) -> list[Any]:
     return [EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] \
         if cfg.early_stopping_patience else []
@@ -193,6 +212,26 @@ class RefitSFTTrainer(SFTTrainer):
             correct = (logits.argmax(-1) == band)[valid].float()
             self._metrics[mode]["mean_token_accuracy"].append(float(correct.mean()) if correct.numel() else 0.0)
         return (loss, outputs) if return_outputs else loss
+
+
+class RefitDPOTrainer(DPOTrainer):
+    """DPOTrainer that measures its batches like RefitSFTTrainer (tokens/s, padding share,
+    answer tokens trained on) and prints nothing itself."""
+
+    def __init__(self, *args: Any, precision: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)
+        self.meter = TokenMeter()
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        self.meter.add({"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]})
+        self.meter.trained += int(inputs["completion_mask"].sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self.meter.window())
+        super().log(logs, start_time)
 
 
 # --------------------------------------------------------------------------- callbacks

@@ -7,7 +7,8 @@ and its evaluation call:
     POST /v1/files                      multipart upload (purpose=fine-tune), checked like the real one
     GET  /v1/files, /v1/files/{id}      list (cursor pagination) and retrieve
     GET  /v1/files/{id}/content         result files (fine-tune inputs cannot be downloaded, as on the API)
-    POST /v1/fine_tuning/jobs           create a supervised job (method, hyperparameters, suffix, seed, metadata)
+    POST /v1/fine_tuning/jobs           create a supervised or dpo job (method, hyperparameters incl. dpo's
+                                        beta, suffix, seed, metadata); its files are validated by the method
     GET  /v1/fine_tuning/jobs           list, newest first, filtered by metadata[key]=value
     GET  /v1/fine_tuning/jobs/{id}      retrieve; the job moves validating_files -> queued -> running ->
                                         succeeded (or failed) on a clock
@@ -17,6 +18,7 @@ and its evaluation call:
     POST /v1/chat/completions           ft: models answer with the assistant turn of the training or
                                         validation example whose prompt matches exactly; anything else
                                         gets a fixed fallback; `usage` counts tokens
+    GET  /v1/models/{id}                the model object, with shutdown_date (models: settings below)
     GET  /_debug/state                  jobs created, files, requests per route (no key needed)
 
 Every /v1 request needs `Authorization: Bearer <key>` (any key, or one of `api_keys`); errors
@@ -49,6 +51,9 @@ Every key (all optional):
     jobs.metrics_events     at most this many metrics events per job (40), plus one per epoch
     jobs.fail               {nth: [..] or all, at: share of steps (0: while validating),
                              code, message, param}: jobs that fail with that error
+    models                  {<model id>: {shutdown_date: YYYY-MM-DD, retired: true}}: a retired model
+                            is a 404 on /v1/models/{id}; a job for a model past its date is a 400
+    blocked_organization    true: every job creation is a 403 (the org may no longer fine-tune)
     chat.latency_s          fixed latency of each chat completion (0; requests run concurrently)
     chat.fallback           the answer to prompts no training or validation example has
     faults[]                route ("METHOD /v1/path" as listed above, or "*"), nth (1-based

@@ -19,6 +19,7 @@ ROUTES = (
     "GET /v1/fine_tuning/jobs/{id}/checkpoints",
     "POST /v1/fine_tuning/jobs/{id}/cancel",
     "POST /v1/chat/completions",
+    "GET /v1/models/{id}",
 )
 IDK = "I don't know based on the provided documents."
 

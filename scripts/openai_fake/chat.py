@@ -25,6 +25,11 @@ def answers(api: FakeOpenAI, model: str) -> dict[str, str] | None:
             index: dict[str, str] = {}
             for file_id in (job.obj["training_file"], job.obj["validation_file"]):
                 for example in api.files[file_id].examples if file_id else []:
+                    if isinstance(example.get("input"), dict):  # a preference pair: the preferred answer
+                        preferred = (example.get("preferred_output") or [{}])[0]
+                        index.setdefault(prompt_key(example["input"].get("messages") or []),
+                                         preferred.get("content") or "")
+                        continue
                     messages = example.get("messages") or []
                     if messages and messages[-1].get("role") == "assistant":
                         index.setdefault(prompt_key(messages[:-1]), messages[-1].get("content") or "")

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipelines.openai_format import FormatReport, check_lines
+from pipelines.openai_format import FormatReport, check_dpo_lines, check_lines
 
 from .api import ApiError, page
 
@@ -25,6 +25,11 @@ class StoredFile:
     content: bytes
     report: FormatReport | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)
+    dpo_report: FormatReport | None = None  # the same lines under the preference (DPO) checks
+
+    def report_for(self, method: str) -> FormatReport | None:
+        """The checks a job of this method applies when it validates the file."""
+        return self.dpo_report if method == "dpo" else self.report
 
 
 def _check_fine_tune(filename: str, content: bytes) -> tuple[FormatReport, list[dict[str, Any]]]:
@@ -60,7 +65,10 @@ def upload(api: FakeOpenAI, fields: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "Missing required parameter: 'file'.", param="file")
     filename, content = upload
     report, examples = _check_fine_tune(filename, content) if purpose == "fine-tune" else (None, [])
-    return store(api, purpose, filename, content, report, examples)
+    obj = store(api, purpose, filename, content, report, examples)
+    if purpose == "fine-tune":
+        api.files[obj["id"]].dpo_report = check_dpo_lines(content.splitlines())
+    return obj
 
 
 def get_file(api: FakeOpenAI, file_id: str, param: str = "file_id") -> StoredFile:

@@ -17,6 +17,7 @@ from pipelines.openai_format import MIN_EXAMPLES, default_epochs
 
 from .api import ApiError, messages_tokens, page
 from .files import StoredFile, store
+from .models import check_job_allowed
 from .settings import JobFailure
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 TERMINAL = ("succeeded", "failed", "cancelled")
 # name -> (accepted types, low, high); learning_rate_multiplier excludes its low end
 HYPERPARAMETERS = {"n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": ((int, float), 0, 10)}
+DPO_HYPERPARAMETERS = HYPERPARAMETERS | {"beta": ((int, float), 0, 2)}  # beta excludes its low end too
+METHODS = ("supervised", "dpo")
 
 
 @dataclass
@@ -79,21 +82,29 @@ def _training_file(api: FakeOpenAI, body: dict[str, Any]) -> StoredFile:
     return train
 
 
-def _hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
+def method_type(body: dict[str, Any]) -> str:
     method = body.get("method") or {"type": "supervised"}
-    if not isinstance(method, dict) or method.get("type") != "supervised":
-        raise ApiError(400, "This server fine-tunes with method 'supervised' only.", param="method.type")
-    hyper = dict(((method.get("supervised") or {}).get("hyperparameters") or body.get("hyperparameters") or {}))
+    if not isinstance(method, dict) or method.get("type") not in METHODS:
+        raise ApiError(400, "This server fine-tunes with method 'supervised' or 'dpo' only.", param="method.type")
+    return method["type"]
+
+
+def _hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
+    kind_of = method_type(body)
+    allowed = DPO_HYPERPARAMETERS if kind_of == "dpo" else HYPERPARAMETERS
+    method = body.get("method") or {"type": "supervised"}
+    hyper = dict(((method.get(kind_of) or {}).get("hyperparameters") or body.get("hyperparameters") or {}))
     for name, value in hyper.items():
-        param = f"method.supervised.hyperparameters.{name}"
-        if name not in HYPERPARAMETERS:
+        param = f"method.{kind_of}.hyperparameters.{name}"
+        if name not in allowed:
             raise ApiError(400, f"Unknown hyperparameter: '{name}'", param=param)
-        kind, low, high = HYPERPARAMETERS[name]
+        kind, low, high = allowed[name]
         number = isinstance(value, kind) and not isinstance(value, bool)
-        in_range = number and (low < value <= high if name == "learning_rate_multiplier" else low <= value <= high)
+        open_low = name in ("learning_rate_multiplier", "beta")
+        in_range = number and (low < value <= high if open_low else low <= value <= high)
         if value != "auto" and not in_range:
             raise ApiError(400, f"Invalid value for '{name}': {value!r}", param=param)
-    return {k: hyper.get(k, "auto") for k in HYPERPARAMETERS}
+    return {k: hyper.get(k, "auto") for k in allowed}
 
 
 def _check_suffix_and_metadata(body: dict[str, Any]) -> None:
@@ -118,12 +129,13 @@ def _job_object(job_id: str, body: dict[str, Any], model: str, train: StoredFile
         "training_file": train.obj["id"], "hyperparameters": dict(hyper), "trained_tokens": None,
         "error": None, "user_provided_suffix": body.get("suffix"), "seed": seed, "estimated_finish": None,
         "integrations": [], "metadata": body.get("metadata"),
-        "method": {"type": "supervised", "supervised": {"hyperparameters": dict(hyper)}},
+        "method": {"type": method_type(body), method_type(body): {"hyperparameters": dict(hyper)}},
     }
 
 
 def create_job(api: FakeOpenAI, body: dict[str, Any], organization_id: str) -> dict[str, Any]:
     model = _check_model(api, body)
+    check_job_allowed(api, model)
     train = _training_file(api, body)
     hyper = _hyperparameters(body)
     _check_suffix_and_metadata(body)
@@ -135,7 +147,7 @@ def create_job(api: FakeOpenAI, body: dict[str, Any], organization_id: str) -> d
         job_id = api.new_id("ftjob-")
         obj = _job_object(job_id, body, model, train, hyper, seed, organization_id)
         examples = train.report.examples if train.report else 0
-        tokens = sum(messages_tokens(e.get("messages") or []) for e in train.examples)
+        tokens = sum(example_tokens(e) for e in train.examples)
         job = Job(obj, api.now(), api.jobs_created, examples, tokens, rng_seed=seed)
         fail = api.settings.fail
         if fail and (fail.nth is None or job.number in fail.nth):
@@ -145,6 +157,14 @@ def create_job(api: FakeOpenAI, body: dict[str, Any], organization_id: str) -> d
         event(api, job, f"Validating training file: {train.obj['id']}"
                         + (f" and validation file: {body['validation_file']}" if body.get("validation_file") else ""))
         return dict(obj)
+
+
+def example_tokens(example: dict[str, Any]) -> int:
+    """A chat example's tokens, or a preference pair's: its input and both outputs."""
+    if isinstance(example, dict) and isinstance(example.get("input"), dict):
+        outputs = [*(example.get("preferred_output") or []), *(example.get("non_preferred_output") or [])]
+        return messages_tokens((example["input"].get("messages") or []) + outputs)
+    return messages_tokens(example.get("messages") or []) if isinstance(example, dict) else 0
 
 
 # ---- reading, listing, cancelling
@@ -217,8 +237,9 @@ def _validated(api: FakeOpenAI, job: Job) -> bool:
     """End validating_files: fail on a bad file (or a failure planned at 0), else resolve the
     "auto" hyperparameters, plan the steps and queue the job."""
     obj = job.obj
+    kind = obj["method"]["type"]
     for param, file_id in (("training_file", obj["training_file"]), ("validation_file", obj["validation_file"])):
-        report = api.files[file_id].report if file_id else None
+        report = api.files[file_id].report_for(kind) if file_id else None
         if report is not None and report.errors:
             which = "training" if param == "training_file" else "validation"
             fail(api, job, f"invalid_{which}_file",
@@ -235,7 +256,9 @@ def _validated(api: FakeOpenAI, job: Job) -> bool:
         hyper["batch_size"] = max(1, min(256, round(n * 0.002)))
     if hyper["learning_rate_multiplier"] == "auto":
         hyper["learning_rate_multiplier"] = 1.8 if hyper["batch_size"] <= 4 else 2.0
-    obj["method"]["supervised"]["hyperparameters"] = dict(hyper)
+    if kind == "dpo" and hyper.get("beta") == "auto":
+        hyper["beta"] = 0.1
+    obj["method"][kind]["hyperparameters"] = dict(hyper)
     job.steps_per_epoch = math.ceil(n / hyper["batch_size"])
     job.total_steps = job.steps_per_epoch * hyper["n_epochs"]
     job.metric_every = max(1, job.total_steps // max(1, api.settings.metrics_events))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import chat, files, jobs
+from . import chat, files, jobs, models
 from .api import ROUTES, ApiError, page
 from .faults import described, fault_error, find_fault
 from .settings import Fault, load_settings
@@ -191,6 +191,8 @@ class Handler(BaseHTTPRequestHandler):
                 return 200, None, files.file_content(api, params["id"]), "application/octet-stream"
             if route == "POST /v1/fine_tuning/jobs":
                 return 200, jobs.create_job(api, json_body(body), org), None, JSON
+            if route == "GET /v1/models/{id}":
+                return 200, models.retrieve(api, params["id"]), None, JSON
             if route == "GET /v1/fine_tuning/jobs":
                 return 200, jobs.list_jobs(api, query), None, JSON
             job = jobs.get_job(api, params["id"])

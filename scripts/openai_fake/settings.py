@@ -55,6 +55,8 @@ class Settings:
     chat_fallback: str = IDK               # the answer to any prompt the model was not trained on
     faults: list[Fault] = field(default_factory=list)
     seed: int | None = None                # ids and job seeds; None: different on every start
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {shutdown_date, retired}
+    blocked_organization: bool = False     # every job creation refused: the org may no longer fine-tune
 
 
 def _take(section: dict[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:
@@ -120,10 +122,14 @@ def load_settings(config: dict[str, Any] | str | Path | None) -> Settings:
     if isinstance(config, (str, Path)):
         config = _read(config)
     raw = _take(dict(config), "config", {"api_keys", "organization", "base_models", "speed", "jobs", "chat",
-                                         "faults", "seed", "chat_latency_s", "chat_fallback"})
+                                         "faults", "seed", "chat_latency_s", "chat_fallback", "models",
+                                         "blocked_organization"})
     s = Settings(api_keys=raw.get("api_keys"), organization=raw.get("organization", "refit-local"),
                  base_models=raw.get("base_models"), speed=float(raw.get("speed", 1.0)), seed=raw.get("seed"))
     _jobs(s, raw.get("jobs"))
+    s.models = {str(k): dict(_take(v or {}, f"models.{k}", {"shutdown_date", "retired"}))
+                for k, v in _take(raw.get("models") or {}, "models", set(raw.get("models") or {})).items()}
+    s.blocked_organization = bool(raw.get("blocked_organization", False))
     chat = _take(raw.get("chat") or {}, "chat", {"latency_s", "fallback"})
     s.chat_latency_s = float(chat.get("latency_s", raw.get("chat_latency_s", 0.0)))
     s.chat_fallback = chat.get("fallback", raw.get("chat_fallback", IDK))

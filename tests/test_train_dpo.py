@@ -1,0 +1,121 @@
+"""`refit train` with train.method dpo and sft+dpo (LoRA backend) on a tiny Llama built
+in-process: trl's DPOTrainer on split's preference pairs, the adapter as the policy and the
+base model (adapter disabled) as the reference, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+
+import pytest
+from conftest import rag_logs
+from test_train import train_config
+
+
+@pytest.fixture
+def pairs_ready(workspace, tiny_model_dir):
+    workspace.write_logs("a.jsonl", rag_logs(60))
+    return workspace, tiny_model_dir
+
+
+def _curate_split(ws, cfg):
+    for stage in ("curate", "split"):
+        result = ws.run(stage, "--config", str(cfg))
+        assert result.exit_code == 0, result.output
+
+
+def test_dpo_trains_the_adapter_against_the_base_model_through_the_cli(pairs_ready):
+    ws, model_dir = pairs_ready
+    cfg = train_config(ws, model_dir, method="dpo", dpo={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3,
+                                                        "beta": 0.1}, eval_steps=2)
+    _curate_split(ws, cfg)
+    result = ws.run("train", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    run = next((ws.root / "artifacts" / "runs").glob("run-*"))
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["method"] == "dpo" and m["dpo"]["beta"] == 0.1 and m["dpo"]["sft_phase"] is None
+    # Before the first step the policy is the reference: the DPO loss is exactly log 2.
+    assert m["losses"]["base_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert m["losses"]["final_eval_loss"] < m["losses"]["base_eval_loss"]
+    assert m["dpo"]["rewards"]["margins"] > 0 and 0 <= m["dpo"]["rewards"]["accuracies"] <= 1
+    assert "method dpo (beta 0.1): validation reward margin" in result.output
+    assert m["steps"]["done"] == 4 and m["label_mask"]["train"]["trained_tokens"] > 0
+    assert (run / "rewards.png").stat().st_size > 1000 and (run / "adapter" / "adapter_model.safetensors").exists()
+    cfg_adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert cfg_adapter["r"] == 4  # one plain LoRA adapter (no "ref" copy saved with it)
+    db = sqlite3.connect(ws.root / "artifacts" / "mlflow.db")
+    keys = {k for (k,) in db.execute("select distinct key from metrics where run_uuid = ?", (m["mlflow"]["run_id"],))}
+    assert {"rewards/margins", "rewards/accuracies", "eval_rewards/margins", "eval_loss"} <= keys
+    params = dict(db.execute("select key, value from params where run_uuid = ?", (m["mlflow"]["run_id"],)))
+    assert params["method"] == "dpo"
+    tags = dict(db.execute("select key, value from tags where run_uuid = ?", (m["mlflow"]["run_id"],)))
+    assert tags["refit.method"] == "dpo"
+
+
+def test_sft_then_dpo_starts_dpo_from_the_sft_adapter(pairs_ready):
+    ws, model_dir = pairs_ready
+    cfg = train_config(ws, model_dir, method="sft+dpo", max_steps=3, eval_steps=3,
+                       dpo={"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3})
+    _curate_split(ws, cfg)
+    result = ws.run("train", "--config", str(cfg))
+    assert result.exit_code == 0, result.output
+    run = next((ws.root / "artifacts" / "runs").glob("run-*"))
+    m = json.loads((run / "manifest.json").read_text())
+    phase = m["dpo"]["sft_phase"]
+    assert m["method"] == "sft+dpo" and phase["steps"] == 3
+    assert phase["final_eval_loss"] < phase["base_eval_loss"]  # the SFT phase learned
+    # DPO's reference is the SFT adapter: at its first step the loss is log 2 again.
+    assert m["losses"]["base_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert m["steps"]["done"] == 2
+
+
+def test_dpo_without_pairs_is_a_clear_error(workspace, tiny_model_dir):
+    logs = rag_logs(60)
+    for rec in logs:
+        rec["response"] = ""  # no production response: no rejected side, no pair
+    workspace.write_logs("a.jsonl", logs)
+    cfg = train_config(workspace, tiny_model_dir, method="dpo")
+    _curate_split(workspace, cfg)
+    result = workspace.run("train", "--config", str(cfg))
+    assert result.exit_code != 0
+    assert "holds no preference pairs" in result.output and "Traceback" not in result.output
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_crash_in_the_dpo_phase_resumes_without_redoing_sft(pairs_ready):
+    from transformers import TrainerCallback
+
+    from pipelines.config import load_config
+    from pipelines.train import train
+
+    ws, model_dir = pairs_ready
+    cfg = train_config(ws, model_dir, method="sft+dpo", max_steps=2, eval_steps=2,
+                       dpo={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3})
+    _curate_split(ws, cfg)
+    config = load_config(cfg)
+
+    class Phases(TrainerCallback):
+        def __init__(self, crash_in: int | None):
+            self.begun, self.crash_in = 0, crash_in
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.begun += 1
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.begun == self.crash_in and state.global_step == 3:
+                raise Crash("power cut in the DPO phase")
+
+    with pytest.raises(Crash):
+        train(config, callbacks=[Phases(crash_in=2)])
+    work = next((ws.root / "artifacts" / "runs").glob(".work-run-*"))
+    assert (work / "sft-adapter" / "adapter_config.json").exists() and (work / "checkpoint-2").exists()
+    assert not list((ws.root / "artifacts" / "runs").glob("run-*"))
+    again = Phases(crash_in=None)
+    m = train(config, callbacks=[again]).manifest
+    assert again.begun == 1  # only the DPO phase ran: the SFT adapter was kept
+    assert m["steps"]["resumed_from"] == 2 and m["steps"]["done"] == 4 and m["dpo"]["sft_phase"]["steps"] == 2
+    assert not work.exists()
