@@ -330,7 +330,7 @@ class CurateRun:
     def __init__(self, config: PipelineConfig, tokens: TokenCounter, tmp: Path):
         cfg = self.cfg = config.curate
         self.config, self.tokens, self.tmp = config, tokens, tmp
-        self.scrubber = Scrubber(cfg.scrub.extra_patterns)
+        self.scrubber = Scrubber(cfg.scrub.extra_patterns, cfg.scrub.phone_regions)
         self.scrub = self.scrubber.scrub
         self.rules = AnswerContract(config.output)
         self.reader = RecordReader(config)

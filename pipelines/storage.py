@@ -157,6 +157,9 @@ def set_latest(stage_dir: Path, ident: str) -> None:
 def resolve_stage_output(stage_dir: Path, ident: str | None, what: str, make_target: str,
                          error: type[Exception]) -> Path:
     """The folder of a finished stage output: `ident`, else the newest (`LATEST`)."""
+    from pipelines.stage import sweep_stale  # stage.py builds on this module
+
+    sweep_stale(stage_dir)  # a kill mid-swap on a system without an atomic exchange
     ident = ident or read_latest(stage_dir)
     if ident is None:
         raise error(f"no {what} in {stage_dir}: run `make {make_target}` first")

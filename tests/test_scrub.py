@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import difflib
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.scrub import Scrubber
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 ALNUM36 = "aB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xY2zA4c"[:36]
 PEM_BODY = "MIIEowIBAAKCAQEAx3b9qZt0dW5yYWxseU5vdEFSZWFsS2V5\nQm9keUp1c3RUZXN0RGF0YQ==\n"
