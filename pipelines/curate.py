@@ -46,7 +46,7 @@ from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, 
 from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
 from pipelines.scrub import Scrubber
 from pipelines.stage import Stage
-from pipelines.storage import code_version, dumps, file_sha256, iter_lines, open_log, resolve_inputs
+from pipelines.storage import code_version, dumps, file_sha256, iter_lines, open_log, resolve_inputs, skipped_inputs
 from pipelines.template import render_messages
 
 
@@ -74,7 +74,8 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
     progress = progress or Progress()
     clock = Clock()
     inputs = Inputs.resolve(config.curate)
-    stage = Stage.identify("curate", "cur", Path(config.curate.output_dir), inputs.key_payload(config))
+    stage = Stage.identify("curate", "cur", Path(config.curate.output_dir), inputs.key_payload(config),
+                           code_module=__name__)
     if not force and (done := stage.finished()) is not None:
         return CurateResult(stage.ident, stage.final, done, skipped=True)
     with clock.excluded("tokenizer_s"):  # the first run converts the tokenizer: not curation time
@@ -143,7 +144,7 @@ class Inputs:
     def key_payload(self, config: PipelineConfig) -> dict[str, Any]:
         """What the dataset id hashes: the inputs' contents, the config, the code."""
         return {"inputs": sorted(h for _, h in self.hashes), "general": self.general_hash,
-                "config": config.section_hash("curate", "model", "output", "prompt"), "code": code_version()}
+                "config": config.section_hash("curate", "model", "output", "prompt"), "code": code_version(__name__)}
 
     def manifest_entries(self) -> list[dict[str, Any]]:
         return [{"path": p, "sha256": h, "bytes": Path(p).stat().st_size} for p, h in self.hashes]
@@ -377,7 +378,7 @@ class CurateRun:
                             progress.advance(done_bytes + raw_fh.tell(), read)
                         try:
                             record = parse_line(self.reader, raw, length, self.cfg.max_line_bytes,
-                                                f"{path.name}:{line_no}")
+                                                f"{path.name}:{line_no}", line_no)
                         except BadLine as bad:
                             self.accounting.quarantine(bad.reason)
                             quarantine.write(path, line_no, bad, length)
@@ -385,6 +386,8 @@ class CurateRun:
                         self.take(record, (str(path), line_no))
                 done_bytes += path.stat().st_size
                 progress.advance(done_bytes, self.accounting.lines["read"])
+            self.input_notes = quarantine.notes + [f"skipped (not a log file by its name): {p}"
+                                                   for p in skipped_inputs(self.cfg.inputs)]
 
     def take(self, record: LogRecord, where: tuple[str, int]) -> None:
         """Route one valid record: filtered, into the backlog, or a training candidate."""
@@ -529,6 +532,7 @@ class CurateRun:
             "rule_labels": dict(sorted(self.rule_table.items())),
             "unknown_labels": dict(sorted(self.unknown_labels.items())),
             "quarantine_reasons": dict(sorted(self.accounting.quarantine_reasons.items())),
+            "input_notes": self.input_notes,
             "scrubbed": dict(sorted(self.scrubber.counts.items())),
             "examples_by_label": dict(sorted(self.examples.by_label.items())),
             "examples_by_source": dict(sorted(self.examples.by_source.items())),

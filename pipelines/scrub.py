@@ -241,6 +241,13 @@ _SPECIFIC_SECRET_TYPES = frozenset(
 )
 _AWS_SECRET_VALUE_RE = re.compile(r"[A-Za-z0-9/+]{40}")
 _PLACEHOLDER_RE = re.compile(r"<[A-Z][A-Z0-9_]*>")
+
+
+def without_placeholders(text: str) -> str:
+    """`text` with every `<TYPE>` placeholder blanked out (topic keywords, word counts)."""
+    return _PLACEHOLDER_RE.sub(" ", text)
+
+
 _EMAIL_LOCAL_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-"
 )

@@ -59,10 +59,12 @@ class Stage:
     name: str
     ident: str
     root: Path
+    code_module: str | None = None  # whose code the output depends on (storage.code_version)
 
     @classmethod
-    def identify(cls, name: str, prefix: str, root: Path, key_payload: Any, *, length: int = 12) -> Stage:
-        return cls(name, f"{prefix}-{content_key(key_payload)[:length]}", Path(root))
+    def identify(cls, name: str, prefix: str, root: Path, key_payload: Any, *, length: int = 12,
+                 code_module: str | None = None) -> Stage:
+        return cls(name, f"{prefix}-{content_key(key_payload)[:length]}", Path(root), code_module)
 
     @property
     def final(self) -> Path:
@@ -92,7 +94,7 @@ class Stage:
                       **extra: Any) -> dict[str, Any]:
         """The keys every manifest opens with."""
         manifest: dict[str, Any] = {"stage": self.name, "id": self.ident, "created_at": utc_now(),
-                                    "code_version": code_version()}
+                                    "code_version": code_version(self.code_module)}
         if config is not None:
             if sections:
                 manifest["config_hash"] = config.section_hash(*sections)

@@ -146,7 +146,7 @@ def locate(config: PipelineConfig) -> Run:
     split_path, split_manifest = read_split(config)
     endpoint = resolve_endpoint(config.train.openai)
     stage = Stage.identify("train", "run", Path(config.train.output_dir),
-                           run_key_payload(split_manifest, config.train.openai, endpoint))
+                           run_key_payload(split_manifest, config.train.openai, endpoint), code_module=__name__)
     return Run(split_path, split_manifest, endpoint, stage)
 
 
