@@ -57,7 +57,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import re
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 
 class _Detector(NamedTuple):
@@ -510,7 +510,7 @@ def _scrub_phones(text: str, regions: tuple[str, ...], found: dict[str, int]) ->
 class Scrubber:
     """Replaces PII and secrets with `<TYPE>` placeholders and counts them per type.
 
-    `counts` accumulates over every `scrub()` / `scrub_value()` call; `scrub_counted()` leaves it
+    `counts` accumulates over every `scrub()` call; `scrub_counted()` leaves it
     alone, so callers that cache results per distinct text add the returned counts themselves.
     """
 
@@ -576,18 +576,6 @@ class Scrubber:
             return text, ()
         scrubbed, found = self._scrub(text, candidate)
         return scrubbed, tuple(sorted(found.items()))
-
-    def scrub_value(self, obj: Any) -> Any:
-        """Scrubs every str inside nested dicts/lists/tuples (keys untouched); returns a new object."""
-        if isinstance(obj, str):
-            return self.scrub(obj)
-        if isinstance(obj, dict):
-            return {key: self.scrub_value(value) for key, value in obj.items()}
-        if isinstance(obj, list):
-            return [self.scrub_value(item) for item in obj]
-        if isinstance(obj, tuple):
-            return tuple(self.scrub_value(item) for item in obj)
-        return obj
 
     def _scrub(self, text: str, candidate: re.Match[str] | None) -> tuple[str, dict[str, int]]:
         scrubbed, found = _scrub_builtin(text, candidate) if candidate is not None else (text, {})

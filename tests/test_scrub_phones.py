@@ -85,3 +85,33 @@ def test_real_text_gets_no_replacement_at_all():
     scrubber = Scrubber()
     changed = [text for text in _real_texts() if scrubber.scrub(text) != text]
     assert not changed and not scrubber.counts, (dict(scrubber.counts), changed[:3])
+
+
+def test_no_phone_of_any_region_reaches_any_file_curate_or_split_writes(workspace, tiny_model_dir):
+    """In queries, contexts, responses and corrections; checked in every file under datasets/:
+    examples, backlog, quarantine, report, train/validation/regression, OpenAI exports, the HF
+    arrow files."""
+    from conftest import REFUND, answer, ctx, rag_logs, record
+    from test_eval import eval_config
+
+    recs = rag_logs(60)
+    for i, number in enumerate(ALL_PHONES):
+        doc = ctx("refund-policy", REFUND["text"] + f" Escalations: Call extension {number}.")
+        recs.append(record(f"Refund after {i + 20} days? call me on {number}", contexts=[doc],
+                           response=f"Call {number}.", rating=-1, labels=["bad_format"],
+                           correction=answer(f"Refunds are available within 30 days of purchase [refund-policy]. "
+                                             f"We will call {number}.", "refund-policy")))
+        recs.append(record(f"Which office answers {number} number {i}?", rating=-1, labels=["missing_knowledge"],
+                           comment=f"customer gave {number}"))
+    workspace.write_logs("a.jsonl", recs)
+    cfg = eval_config(workspace, tiny_model_dir)
+    for stage in ("curate", "split"):
+        result = workspace.run(stage, "--config", str(cfg))
+        assert result.exit_code == 0, result.output
+    files = [p for p in (workspace.root / "datasets").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".arrow" for p in files) and any("openai" in p.name for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for number in ALL_PHONES:
+            assert number.encode() not in data, f"{number} leaked into {path}"
+            assert json.dumps(number)[1:-1].encode() not in data, f"{number} leaked into {path}"
