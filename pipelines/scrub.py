@@ -326,8 +326,9 @@ def _ipv6_ok(candidate: str) -> bool:
     return True
 
 
-# "Version 1.2.3.4", "v 10.0.0.1", "build 2.0.0.1": a dotted version, not an address.
-_VERSION_BEFORE_RE = re.compile(r"\b(?i:version|ver\.?|release|build|firmware|v)[ \t]?$")
+# "Version 1.2.3.4", "build 2.0.0.1": a dotted version, not an address ("v1.2.3.4" is not
+# one either: an IP never follows a letter).
+_VERSION_BEFORE_RE = re.compile(r"\b(?i:version|ver\.?|release|build|firmware)[ \t]?$")
 
 # A bare `key: value` whose value is one of these words is prose ("api_key: see docs",
 # "password: required"), not a secret. Only lower-case, letters-only values are looked up.

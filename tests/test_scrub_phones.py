@@ -47,7 +47,7 @@ def test_national_formats_follow_the_configured_regions():
 
 
 @pytest.mark.parametrize("text", [
-    "Version 1.2.3.4 of the gauge software", "version 10.0.0.1 was released", "upgrade to v 2.0.0.1 now",
+    "Version 1.2.3.4 of the gauge software", "version 10.0.0.1 was released", "upgrade to v1.2.0.1 now",
     "build 4.1.0.12 fixed it", "api_key: see docs", "password: required", "the token: none yet",
     "order 4000-3000 = 1000", "it costs $350 000 in total", "<<80000+50000=130000>>130000",
     "timestamp 2026-10-01T12:01:00Z", "record 20261001120100", "pages 12 13 14 15 16 17",
