@@ -386,8 +386,7 @@ class CurateRun:
                         self.take(record, (str(path), line_no))
                 done_bytes += path.stat().st_size
                 progress.advance(done_bytes, self.accounting.lines["read"])
-            self.input_notes = quarantine.notes + [f"skipped (not a log file by its name): {p}"
-                                                   for p in skipped_inputs(self.cfg.inputs)]
+            self.input_notes = quarantine.notes + skipped_inputs(self.cfg.inputs)
 
     def take(self, record: LogRecord, where: tuple[str, int]) -> None:
         """Route one valid record: filtered, into the backlog, or a training candidate."""

@@ -24,9 +24,12 @@ How it stays fast (this runs on every text field of millions of records):
 - A text with no trigger character costs one C-level scan: that is the fast path, and it is
   built into the finder rather than being a second check.
 - What a regex cannot confirm is validated in Python only when a candidate occurs: Luhn for
-  cards, ISO 13616 mod-97 for IBANs, octet ranges for IPv4, `ipaddress` for IPv6, the E.164
-  digit count for international phones. A rejected candidate is not a match: the next detector
-  at the same position is tried, then the scan goes on one character later.
+  cards, ISO 13616 mod-97 for IBANs, octet ranges for IPv4, `ipaddress` for IPv6. A rejected
+  candidate is not a match: the next detector at the same position is tried, then the scan goes
+  on one character later.
+- Phone numbers are not regexes: the finder only reports a text holding a phone-shaped run, and
+  libphonenumber decides (pipelines/phones.py), after the detectors here, so a card or an IP
+  is never read as a phone.
 
 Deliberate choices, so nobody "fixes" them by accident:
 - Stripe publishable keys (pk_live_/pk_test_) are left alone: they are public by design
@@ -57,8 +60,9 @@ from __future__ import annotations
 import collections
 import ipaddress
 import re
-from collections.abc import Callable
 from typing import NamedTuple
+
+from pipelines.phones import DEFAULT_PHONE_REGIONS, scrub_phones
 
 
 class _Detector(NamedTuple):
@@ -125,7 +129,7 @@ _SECRET_VALUE = (
 )
 
 # The first digit of a number (not after a letter, digit or '_') followed by at least the shape
-# of an IPv4, a US phone or a card. In number-heavy text ("16 - 3 = 13", years, prices) almost
+# of an IPv4, an IBAN or a card. In number-heavy text ("16 - 3 = 13", years, prices) almost
 # every digit stops here, before any of the three detectors is tried.
 _NUMBER_PREFILTER = (
     r"(?<=(?<!\w)[0-9])"
@@ -136,7 +140,7 @@ _DIGITS = "0123456789"
 _PHONE_RUN = "PHONE_RUN"
 
 # In priority order: where two detectors can match at the same character, the first wins
-# (specific secrets before the generic `key: value`, phones before cards).
+# (specific secrets before the generic `key: value`).
 _BUILTIN_DETECTORS: tuple[_Detector, ...] = (
     _Detector("PRIVATE_KEY", "PRIVATE_KEY", "-", 0,
               r"----BEGIN[ A-Z0-9]*PRIVATE KEY-----"
@@ -189,7 +193,7 @@ _BUILTIN_DETECTORS: tuple[_Detector, ...] = (
               r"(?:[0-9A-Fa-f]{0,4}:){1,6}"
               r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:]|\.[0-9])"),
     # Not a detector: the first digit of a run of 7+ digits and separators, so that the finder
-    # reports a text that may hold a phone (found by libphonenumber, `_scrub_phones`) in the
+    # reports a text that may hold a phone (found by libphonenumber, `phones.scrub_phones`) in the
     # same one scan. Its match is that digit alone; no detector is tried on it.
     _Detector(_PHONE_RUN, "PHONE", _DIGITS, 0, r"(?<=(?<![0-9])[0-9])(?=(?:[ ().\-/\u00a0]{0,3}[0-9]){6})"),
 )
@@ -452,121 +456,6 @@ def _scrub_builtin(
     return "".join(pieces), found
 
 
-# --- phones: Google's libphonenumber (the `phonenumbers` port) --------------------------------
-
-DEFAULT_PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "AU", "CA")
-
-# A run of digits and separators, 7+ characters long: the least a phone number of any region
-# looks like. The finder reports a text with one (PHONE_RUN), so a text without costs nothing
-# more than the finder's scan; runs with fewer than 7 digits or written like sums are dropped
-# next, and only what is left reaches the matcher, which is pure Python.
-_PHONE_RUN_RE = re.compile(r"[0-9][0-9 ().\-/\u00a0]{5,}[0-9]")
-_GROUP_GAP_RE = re.compile(r"[ \u00a0]+")
-# What a number cut out of a longer run must look like: international, with a trunk prefix or
-# an area code in brackets, or the two prefix-less shapes of the default regions (NANP
-# 3-3-4, Indian mobile 5-5). "5555 5555 5555" is a valid Brazilian number but no phone here.
-_PLAUSIBLE_CUT_RE = re.compile(r"[+0(].*|(?:1[ .-])?[2-9][0-9]{2}[ .-][0-9]{3}[ .-][0-9]{4}|[6-9][0-9]{4} [0-9]{5}")
-
-
-def _phone_spans(text: str, regions: tuple[str, ...]) -> list[tuple[int, int]]:
-    """Spans of valid phone numbers in any of `regions` (national formats of those regions,
-    and every +international number), merged where they overlap. The matcher only sees the
-    phone-shaped runs of the text, one at a time, and not those written the way sums are."""
-    runs = []  # (start, run): the start takes in a "+" or "(" just before the first digit
-    for run in _PHONE_RUN_RE.finditer(text):
-        start = run.start() - (run.start() > 0 and text[run.start() - 1] in "+(")
-        if sum(char.isdigit() for char in run.group()) >= 7 and not _sum_shaped(text[start:run.end()]):
-            runs.append((start, run))
-    if not runs:
-        return []
-    from phonenumbers import Leniency, PhoneNumberMatcher
-
-    def matches(start: int, end: int, leniency: int = Leniency.VALID) -> set[tuple[int, int]]:
-        # One character either side: the matcher rejects a number glued to a letter (an id).
-        start, end = max(0, start - 1), end + 1
-        piece = text[start:end]
-        return {_balanced(text, start + m.start, start + m.end) for region in regions
-                for m in PhoneNumberMatcher(piece, region, leniency=leniency)}
-
-    found: set[tuple[int, int]] = set()
-    for start, run in runs:
-        found |= matches(start, run.end()) or _cut_out(run, start, matches, Leniency.STRICT_GROUPING)
-    spans = sorted((start, end) for start, end in found if not _arithmetic(text, start, end))
-    merged: list[tuple[int, int]] = []
-    for start, end in spans:
-        if merged and start < merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def _cut_out(run: re.Match[str], first: int, matches: Callable[..., set[tuple[int, int]]],
-             leniency: int) -> set[tuple[int, int]]:
-    """The matcher reads a whole run of digits and separators as one candidate, so a number
-    glued to another ("costs 12  074104 10123", "020 7946 0958 12") is no match: the run is
-    tried again without its leading and trailing groups, shortest cut first. A cut is a guess,
-    so its number must also be grouped the way its region writes numbers, and look like a
-    phone without its neighbours (`_PLAUSIBLE_CUT_RE`)."""
-    text, gaps = run.string, list(_GROUP_GAP_RE.finditer(run.group()))
-    starts = [first] + [run.start() + gap.end() for gap in gaps[:5]]
-    ends = [run.end()] + [run.start() + gap.start() for gap in gaps[::-1][:5]]
-    for start, end in sorted(((a, b) for a in starts for b in ends if b - a >= 7), key=lambda s: s[0] - s[1]):
-        if (start, end) == (first, run.end()) or not _PLAUSIBLE_CUT_RE.fullmatch(text, start, end):
-            continue  # checked before the matcher runs: most cuts are not even shaped like a phone
-        hits = {(a, b) for a, b in matches(start, end, leniency) if _PLAUSIBLE_CUT_RE.fullmatch(text, a, b)}
-        if hits:
-            return hits
-    return set()
-
-
-# Numbers that a region's plan accepts but that are written the way sums are: a bare digit run
-# ("350000"), groups joined by minus or slash signs ("4000-3000", "300 - 150 - 45") unless in the
-# North American 3-3-4 shape, or one not written as a phone next to `*`, `%`, `$` ... ("$350 000"). A national
-# number of the other default regions starts with 0 (the trunk prefix) or a bracket, and an
-# international one with +. `=` and `<` are not in the list: `phone=415-555-0134` is a log line.
-_SUM_SHAPED_RE = re.compile(r"[0-9]+(?: ?[-/] ?[0-9]+)*")
-_NANP_RE = re.compile(r"(?:1[-.])?[2-9][0-9]{2}[-.][0-9]{3}[-.][0-9]{4}")
-_ARITHMETIC_NEIGHBOURS = frozenset("*×÷^%$€£")
-
-
-def _sum_shaped(raw: str) -> bool:
-    return raw[0] not in "+0(" and _SUM_SHAPED_RE.fullmatch(raw) is not None and not _NANP_RE.fullmatch(raw)
-
-
-def _arithmetic(text: str, start: int, end: int) -> bool:
-    raw = text[start:end]
-    if _sum_shaped(raw):
-        return True
-    if raw[0] in "+0(" or _NANP_RE.fullmatch(raw):  # written as a phone: its neighbours do not matter
-        return False
-    before, after = text[:start].rstrip()[-1:], text[end:].lstrip()[:1]
-    return before in _ARITHMETIC_NEIGHBOURS and before != "" or after in _ARITHMETIC_NEIGHBOURS and after != ""
-
-
-def _balanced(text: str, start: int, end: int) -> tuple[int, int]:
-    """The matcher keeps the bracket of "(415-555-0134)" or "[...]"; one without its pair is prose."""
-    for opening, closing in ("()", "[]", "{}"):
-        raw = text[start:end]
-        if raw.startswith(opening) and raw.count(opening) > raw.count(closing):
-            start += 1
-        elif raw.endswith(closing) and raw.count(closing) > raw.count(opening):
-            end -= 1
-    return start, end
-
-
-def _scrub_phones(text: str, regions: tuple[str, ...], found: dict[str, int]) -> str:
-    spans = _phone_spans(text, regions)
-    if not spans:
-        return text
-    pieces, copied_up_to = [], 0
-    for start, end in spans:
-        pieces += [text[copied_up_to:start], "<PHONE>"]
-        copied_up_to = end
-    found["PHONE"] = found.get("PHONE", 0) + len(spans)
-    return "".join(pieces) + text[copied_up_to:]
-
-
 class Scrubber:
     """Replaces PII and secrets with `<TYPE>` placeholders and counts them per type.
 
@@ -640,7 +529,7 @@ class Scrubber:
     def _scrub(self, text: str, candidate: re.Match[str] | None) -> tuple[str, dict[str, int]]:
         scrubbed, found = _scrub_builtin(text, candidate) if candidate is not None else (text, {})
         if candidate is not None:  # after the built-ins: a card or an IP is not a phone
-            scrubbed = _scrub_phones(scrubbed, self.phone_regions, found)
+            scrubbed = scrub_phones(scrubbed, self.phone_regions, found)
         if self._extra_re is not None:
             scrubbed = self._extra_re.sub(lambda match: self._replace_extra(match, found), scrubbed)
         return scrubbed, found

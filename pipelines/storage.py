@@ -54,15 +54,15 @@ def resolve_inputs(patterns: list[str]) -> list[Path]:
 
 
 def skipped_inputs(patterns: list[str]) -> list[str]:
-    """Files inside folder inputs that are not logs by their name (not .jsonl, .ndjson or .gz of
+    """A note for each file inside folder inputs that is not a log by its name (not .jsonl, .ndjson or .gz of
     those): listed in the report, so a `.json` export dropped in the folder is not silently
     ignored. Hidden files are not listed."""
     skipped = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            skipped += sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-                              and not p.name.endswith(LOG_SUFFIXES))
+            skipped += sorted(f"skipped (not a log file by its name): {p}" for p in path.rglob("*")
+                              if p.is_file() and not p.name.startswith(".") and not p.name.endswith(LOG_SUFFIXES))
     return skipped
 
 
