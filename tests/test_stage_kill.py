@@ -47,7 +47,7 @@ def built(tmp_path_factory, tiny_model_dir, tiny_tokenizer_dir):
     os.chdir(root)
     try:
         ws = Workspace(root, tiny_tokenizer_dir)
-        ws.write_logs("a.jsonl", rag_logs(400))
+        ws.write_logs("a.jsonl", rag_logs(150))
         cfg = eval_config(ws, tiny_model_dir)
         for stage in ("curate", "split", "train", "eval"):
             result = ws.run(stage, "--config", str(cfg))
@@ -58,7 +58,7 @@ def built(tmp_path_factory, tiny_model_dir, tiny_tokenizer_dir):
 
 
 STAGES = [  # stage, its output folder, the entry that shows the rebuild is under way, delay, next stage
-    ("curate", "datasets/curated", ".tmp-cur-", 0.3, "split"),
+    ("curate", "datasets/curated", ".tmp-cur-", 0.02, "split"),
     ("split", "datasets/splits", ".tmp-spl-", 0.05, "train"),
     ("train", "artifacts/runs", ".work-run-", 1.0, "eval"),
     ("eval", "artifacts/evals", ".tmp-eval-", 0.0, None),
