@@ -20,7 +20,7 @@ from conftest import answer, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import load_config
+from pipelines.config import PipelineConfig, load_config
 from pipelines.records import BadLine, RecordReader, parse_line
 from pipelines.scrub import Scrubber
 from pipelines.storage import DamagedTail, iter_lines
@@ -36,18 +36,11 @@ JSON = st.recursive(
 )
 
 
-def _config():
-    from pipelines.config import PipelineConfig
-
-    return PipelineConfig()
-
-
-READER = None
+READER = RecordReader(PipelineConfig())  # the default field map
 
 
 def _parse(raw: bytes):
-    global READER
-    READER = READER or RecordReader(_config())
+    """The property: a record, or BadLine with a reason (and the line for the quarantine)."""
     try:
         return parse_line(READER, raw, len(raw), 1 << 20, "f:1", 1)
     except BadLine as bad:
