@@ -1,1 +1,1 @@
-"""refit's evaluation: the runner, metrics, gate and guard suites (see DESIGN.md)."""
+"""refit's evaluation: the runner, metrics, gate and guard suites (README, "Evaluation and the gate")."""

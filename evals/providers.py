@@ -139,7 +139,11 @@ class HFModel:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 results[row] = Generation(text, len(encoded[row]), len(tokens))
             on_done(len(rows))
-        return [r for r in results if r is not None]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:  # a dropped prediction would shift every later one onto the wrong prompt
+            raise ProviderError(f"generation returned nothing for {len(missing)} of {len(prompts)} prompts "
+                               f"(first: prompt {missing[0]}); predictions would not line up with prompts")
+        return results  # type: ignore[return-value]
 
 
     # Prompts in a batch that share at least this many leading tokens (the same system

@@ -286,7 +286,7 @@ def eval_key_payload(config: PipelineConfig, inputs: EvalInputs) -> dict[str, An
         "suites": {s.name: s.sha256 for s in inputs.suites}, "shots": inputs.baseline_prompt["few_shot_ids"],
         "config": config.section_hash("eval", "prompt", "output"),
         "base": base_model_id(config.model.base) if run.get("backend") != "openai" else None,
-        "code": code_version(),
+        "code": code_version(__name__),
         # evals/ is not part of the stages' code version (an edit there must not retrain); how
         # each suite is scored and the gate judges is versioned instead: a bump makes old evals stale.
         "scoring": {"suites": suite_versions(inputs.suites), "gate": GATE_VERSION},
@@ -419,7 +419,8 @@ def evaluate(config: PipelineConfig, *, force: bool = False, progress: Progress 
     progress = progress or Progress()
     started = time.perf_counter()
     inputs = gather_inputs(config)
-    stage = Stage.identify("eval", "eval", Path(config.eval.output_dir), eval_key_payload(config, inputs))
+    stage = Stage.identify("eval", "eval", Path(config.eval.output_dir), eval_key_payload(config, inputs),
+                           code_module=__name__)
     if not force and (done := finished_report(stage)) is not None:
         return EvalResult(stage.ident, stage.final, done, skipped=True)
     generations, cache_stats, timings = generate_all(config, inputs, progress, log)

@@ -83,8 +83,14 @@ def _fail(message: Any, code: int = EXIT_ERROR) -> NoReturn:
 @contextlib.contextmanager
 def _stage_errors(*kinds: type[BaseException], progress: Any = None) -> Iterator[None]:
     """A stage's known errors end the command with one line and exit 1, not a traceback."""
+    from pipelines.models import ModelNotFound
+
     try:
         yield
+    except ModelNotFound as exc:  # model.base names no model: a config error, like the file's own
+        if progress is not None:
+            progress.stop()
+        _fail(exc, EXIT_CONFIG)
     except kinds as exc:
         if progress is not None:
             progress.stop()
@@ -517,10 +523,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.config_dpo import DpoSettings
 from pipelines.routing import TAXONOMY_LABELS
+from pipelines.scrub_config import ScrubConfig
 
 
 class Strict(BaseModel):
@@ -112,23 +112,6 @@ class DedupConfig(Strict):
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
     ngram: int = Field(5, ge=2, le=8, description="character n-gram shingles over the normalised question")
     seed: int = Field(1, description="seeds the permutations")
-
-
-class ScrubConfig(Strict):
-    extra_patterns: dict[str, str] = Field(
-        {}, description='more secrets to scrub, e.g. {EMPLOYEE_ID: "EMP-\\\\d{6}"} -> <EMPLOYEE_ID>')
-
-    @field_validator("extra_patterns")
-    @classmethod
-    def _names_and_regexes(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, pattern in value.items():
-            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
-                raise ValueError(f"pattern name {name!r} must be UPPER_SNAKE_CASE")
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {name!r} is not a valid regex: {exc}") from None
-        return value
 
 
 class IdkConfig(Strict):

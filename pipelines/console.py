@@ -62,7 +62,9 @@ class ProgressView:
             self.bar.update(self.task, **fields)
 
     def print(self, text: Any) -> None:
-        console.print(text, highlight=False)
+        """`text` is a rich Text or plain text, never markup: user text and library messages
+        may contain [brackets]."""
+        console.print(text, highlight=False, markup=False)
 
     def line(self, text: str) -> None:
         """A plain progress line, only off a terminal (on one, the bar shows it)."""
@@ -153,13 +155,13 @@ class OpenAIFollow(ProgressView):
         self.last_tenth = -1
 
     def estimate(self, e: dict[str, Any]) -> None:
-        self.print(f"OpenAI estimate for {e['model']}: {e['billed_tokens']:,} billed tokens ({e['epochs']} epochs, "
-                   f"{e['epochs_source']}, x {e['tokens_per_epoch']:,} tokens of {e['examples']} examples) "
-                   f"~ ${e['estimated_cost']:.2f} at ${e['price_per_million_tokens']:g}/1M tokens "
-                   f"(counted with {e['tokenizer']})")
+        self.print(Text(f"OpenAI estimate for {e['model']}: {e['billed_tokens']:,} billed tokens ({e['epochs']} "
+                        f"epochs, {e['epochs_source']}, x {e['tokens_per_epoch']:,} tokens of {e['examples']} examples) "
+                        f"~ ${e['estimated_cost']:.2f} at ${e['price_per_million_tokens']:g}/1M tokens "
+                        f"(counted with {e['tokenizer']})"))
         if e["over_max_tokens"]:
-            self.print(f"[yellow]warning:[/yellow] {e['over_max_tokens']} examples exceed the per-example token limit "
-                       "and will be truncated")
+            self.print(Text.assemble(("warning: ", "yellow"), f"{e['over_max_tokens']} examples exceed the per-example "
+                                                              "token limit and will be truncated"))
 
     def note(self, text: str) -> None:
         self.print(Text(f"  {text}"))

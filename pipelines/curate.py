@@ -50,7 +50,7 @@ from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, 
 from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
 from pipelines.scrub import Scrubber
 from pipelines.stage import Stage
-from pipelines.storage import code_version, dumps, file_sha256, iter_lines, open_log, resolve_inputs
+from pipelines.storage import code_version, dumps, file_sha256, iter_lines, open_log, resolve_inputs, skipped_inputs
 from pipelines.template import render_messages
 
 
@@ -78,7 +78,8 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
     progress = progress or Progress()
     clock = Clock()
     inputs = Inputs.resolve(config.curate)
-    stage = Stage.identify("curate", "cur", Path(config.curate.output_dir), inputs.key_payload(config))
+    stage = Stage.identify("curate", "cur", Path(config.curate.output_dir), inputs.key_payload(config),
+                           code_module=__name__)
     if not force and (done := stage.finished()) is not None:
         return CurateResult(stage.ident, stage.final, done, skipped=True)
     with clock.excluded("tokenizer_s"):  # the first run converts the tokenizer: not curation time
@@ -122,7 +123,7 @@ class Inputs:
     def key_payload(self, config: PipelineConfig) -> dict[str, Any]:
         """What the dataset id hashes: the inputs' contents, the config, the code."""
         return {"inputs": sorted(h for _, h in self.hashes), "general": self.general_hash,
-                "config": config.section_hash("curate", "model", "output", "prompt"), "code": code_version()}
+                "config": config.section_hash("curate", "model", "output", "prompt"), "code": code_version(__name__)}
 
     def manifest_entries(self) -> list[dict[str, Any]]:
         return [{"path": p, "sha256": h, "bytes": Path(p).stat().st_size} for p, h in self.hashes]
@@ -309,7 +310,7 @@ class CurateRun:
     def __init__(self, config: PipelineConfig, tokens: TokenCounter, tmp: Path):
         cfg = self.cfg = config.curate
         self.config, self.tokens, self.tmp = config, tokens, tmp
-        self.scrubber = Scrubber(cfg.scrub.extra_patterns)
+        self.scrubber = Scrubber(cfg.scrub.extra_patterns, cfg.scrub.phone_regions)
         self.scrub = self.scrubber.scrub
         self.rules = AnswerContract(config.output)
         self.reader = RecordReader(config)
@@ -358,7 +359,7 @@ class CurateRun:
                             progress.advance(done_bytes + raw_fh.tell(), read)
                         try:
                             record = parse_line(self.reader, raw, length, self.cfg.max_line_bytes,
-                                                f"{path.name}:{line_no}")
+                                                f"{path.name}:{line_no}", line_no)
                         except BadLine as bad:
                             self.accounting.quarantine(bad.reason)
                             quarantine.write(path, line_no, bad, length)
@@ -366,6 +367,7 @@ class CurateRun:
                         self.take(record, (str(path), line_no))
                 done_bytes += path.stat().st_size
                 progress.advance(done_bytes, self.accounting.lines["read"])
+            self.input_notes = quarantine.notes + skipped_inputs(self.cfg.inputs)
 
     def take(self, record: LogRecord, where: tuple[str, int]) -> None:
         """Route one valid record: filtered, into the backlog, or a training candidate."""
@@ -515,6 +517,7 @@ class CurateRun:
             "rule_labels": dict(sorted(self.rule_table.items())),
             "unknown_labels": dict(sorted(self.unknown_labels.items())),
             "quarantine_reasons": dict(sorted(self.accounting.quarantine_reasons.items())),
+            "input_notes": self.input_notes,
             "scrubbed": dict(sorted(self.scrubber.counts.items())),
             "examples_by_label": dict(sorted(self.examples.by_label.items())),
             "examples_by_source": dict(sorted(self.examples.by_source.items())),

@@ -11,6 +11,7 @@ from pipelines.answers import STOPWORDS
 from pipelines.answers import words as answer_words
 from pipelines.rag_health import nearest_topic
 from pipelines.routing import BEHAVIOUR_LABELS, HALLUCINATION, KNOWLEDGE_LABELS, Route
+from pipelines.scrub import without_placeholders
 
 if TYPE_CHECKING:
     from pipelines.records import LogRecord
@@ -46,7 +47,9 @@ class Backlog:
         group.count += 1
         group.log_ids.append(scrubbed["log_id"])
         group.reasons[route.reason or "knowledge_failure"] += 1
-        words = [w for w in answer_words(scrubbed["query"]) if w not in STOPWORDS and len(w) > 2]
+        # A placeholder (<IBAN>, <REF>) is not a word the users asked about.
+        words = [w for w in answer_words(without_placeholders(scrubbed["query"]))
+                 if w not in STOPWORDS and len(w) > 2]
         group.keywords.update(words)
         if len(group.keywords) > 500:
             group.keywords = Counter(dict(group.keywords.most_common(200)))
@@ -80,14 +83,18 @@ def decide(label_table: dict[str, Counter], counts: dict[str, Any], rules: Any) 
     behaviour += label_table.get(HALLUCINATION, Counter())["example"] + label_table.get(HALLUCINATION, Counter())["filtered"]
     knowledge += hallucination_gaps
     failures = knowledge + behaviour
-    trainable = counts["kept"]
+    # A hallucination the context cannot answer goes to the backlog AND trains an "I don't know":
+    # it is a knowledge gap and a behaviour to teach, so it counts on both sides.
+    both_sides = counts.get("added", {}).get("idk_from_hallucination", 0)
+    behaviour += both_sides
+    trainable = counts["kept"] + both_sides
     numbers = {"failures": failures, "knowledge_failures": knowledge, "behaviour_failures": behaviour,
-               "trainable_examples": trainable}
+               "counted_on_both_sides": both_sides, "trainable_examples": trainable}
     if failures < rules.min_failures:
         verdict, why = "prompt-only", (f"only {failures} failures (< {rules.min_failures}): too little signal "
                                        "to train on; improve the prompt and keep collecting feedback")
     else:
-        k_share, b_share = knowledge / failures, behaviour / failures
+        k_share, b_share = knowledge / (knowledge + behaviour), behaviour / (knowledge + behaviour)
         numbers.update({"knowledge_share": round(k_share, 3), "behaviour_share": round(b_share, 3)})
         enough = trainable >= rules.min_examples
         if k_share >= rules.dominant_share:
@@ -151,6 +158,8 @@ def render_report(m: dict[str, Any], backlog_entries: list[dict[str, Any]]) -> s
             _table(["type", "replaced"], [[k, v] for k, v in m["scrubbed"].items()]) if m["scrubbed"] else "Nothing found.", ""]
     out += ["## Quarantine", "", _table(["reason", "lines"], [[k, v] for k, v in m["quarantine_reasons"].items()])
             if m["quarantine_reasons"] else "No bad lines.", ""]
+    if m.get("input_notes"):
+        out += ["### Input files", "", *(f"- {note}" for note in m["input_notes"]), ""]
     t = m["tokens"]
     out += ["## Token lengths (base-model tokens, rendered prompt + answer)", "",
             _table(["min", "median", "p95", "max", "limit"], [[t["min"], t["median"], t["p95"], t["max"], t["max_seq_tokens"]]]), ""]

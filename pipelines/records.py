@@ -13,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
+
+from pipelines.storage import DamagedTail
 
 if TYPE_CHECKING:
     from pipelines.config import PipelineConfig
@@ -29,6 +32,15 @@ class BadRecord(Exception):
 
 
 _MISSING = object()
+
+# Control characters other than newline and tab: an escaped \u0000 or \u001b in a log is never
+# text a model should learn, and some tokenizers and viewers choke on it. Stripped from every
+# text field as it is read.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_text(value: str) -> str:
+    return _CONTROL_RE.sub("", value) if not value.isprintable() else value
 
 
 def _compile_path(path: str | None) -> tuple[str | int, ...] | None:
@@ -105,10 +117,10 @@ class RecordReader:
                 raise BadRecord(f"missing field '{path}'")
             return None
         if isinstance(value, str):
-            return value
+            return clean_text(value)
         if isinstance(value, (dict, list)) and name in ("response", "correction"):
             # Some logs store the structured answer as an object rather than a string.
-            return orjson.dumps(value).decode()
+            return clean_text(orjson.dumps(value).decode())
         if isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("id", "session_id", "timestamp"):
             return str(value)
         raise BadRecord(f"field '{path}' must be a string, got {type(value).__name__}")
@@ -147,7 +159,7 @@ class RecordReader:
         out = []
         for i, item in enumerate(value):
             if isinstance(item, str):
-                out.append(Context(f"ctx-{i + 1}", item, None))
+                out.append(Context(f"ctx-{i + 1}", clean_text(item), None))
                 continue
             if not isinstance(item, dict):
                 raise BadRecord(f"field '{path}[{i}]' must be an object or a string, got {type(item).__name__}")
@@ -159,7 +171,7 @@ class RecordReader:
             if ident is _MISSING or ident is None:
                 ident = f"ctx-{i + 1}"
             elif isinstance(ident, (int, str)) and not isinstance(ident, bool):
-                ident = str(ident)
+                ident = clean_text(str(ident))
             else:
                 raise BadRecord(f"field '{path}[{i}].{self.names.context_id}' must be a string, got {type(ident).__name__}")
             score = _get(item, score_path)
@@ -169,7 +181,7 @@ class RecordReader:
                 score = float(score)
             else:
                 raise BadRecord(f"field '{path}[{i}].{self.names.context_score}' must be a number, got {type(score).__name__}")
-            out.append(Context(ident, text, score))
+            out.append(Context(ident, clean_text(text), score))
         return out
 
     def _rating(self, obj: dict) -> float | None:
@@ -192,13 +204,13 @@ class RecordReader:
             return []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise BadRecord(f"field '{self.names.labels}' must be a list of strings, got {type(value).__name__}")
-        return value
+        return [clean_text(v) for v in value]
 
     def _topic(self, obj: dict, name: str = "topic") -> str | None:
         value = self._field(obj, name)
         if value is _MISSING or value is None:
             return None
-        return str(value)
+        return clean_text(str(value))
 
 
 class BadLine(Exception):
@@ -211,9 +223,11 @@ class BadLine(Exception):
         self.raw = raw
 
 
-def parse_line(reader: RecordReader, raw: bytes | None, length: int, max_line_bytes: int,
-               fallback_id: str) -> LogRecord:
+def parse_line(reader: RecordReader, raw: bytes | DamagedTail | None, length: int, max_line_bytes: int,
+               fallback_id: str, line_no: int = 0) -> LogRecord:
     """One line of a log as a record; raises BadLine with the quarantine reason."""
+    if isinstance(raw, DamagedTail):
+        raise BadLine(f"damaged compressed file: {raw.reason}; nothing after line {line_no - 1} could be read", None)
     if raw is None:
         raise BadLine(f"line too long: {length} bytes > max_line_bytes {max_line_bytes}", None)
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -237,10 +251,12 @@ def parse_line(reader: RecordReader, raw: bytes | None, length: int, max_line_by
 
 class QuarantineFile:
     """quarantine.jsonl: each bad line with its file, line number, reason and (scrubbed,
-    capped) raw text."""
+    capped) raw text. What a user must hear about a whole file (it is damaged, it is one JSON
+    document rather than JSON Lines) is also warned about once and kept in `notes`."""
 
     def __init__(self, fh: IO[bytes], scrub: Any, max_chars: int):
         self.fh, self.scrub, self.max_chars = fh, scrub, max_chars
+        self.notes: list[str] = []
 
     def write(self, path: Path, line_no: int, bad: BadLine, length: int) -> None:
         entry: dict[str, Any] = {"file": str(path), "line": line_no, "reason": bad.reason, "bytes": length}
@@ -249,6 +265,18 @@ class QuarantineFile:
             entry["raw"] = text[: self.max_chars]
             entry["raw_truncated"] = len(text) > self.max_chars
         self.fh.write(orjson.dumps(entry) + b"\n")
+        if bad.reason.startswith("damaged compressed file"):
+            self._note(f"{path}: {bad.reason.removeprefix('damaged compressed file: ')}; the {line_no - 1} "
+                       "line(s) before it were read, the damage is in the quarantine")
+        elif line_no == 1 and bad.raw is not None and bad.raw.strip() in (b"{", b"["):
+            self._note(f"{path} looks like one (pretty-printed) JSON document, not JSON Lines: every line is "
+                       "quarantined; write one record per line (e.g. jq -c '.[]')")
+
+    def _note(self, note: str) -> None:
+        from pipelines.console import warn
+
+        self.notes.append(note)
+        warn(note)
 
 
 def sample_general(path: Path, wanted: int, rng: random.Random, scrub: Any,
@@ -282,9 +310,9 @@ def sample_general(path: Path, wanted: int, rng: random.Random, scrub: Any,
             "id": "gen-" + hashlib.blake2b(ident.encode(), digest_size=6).hexdigest(),
             "kind": "general",
             "source": "general",
-            "query": scrub(item["query"]),
+            "query": scrub(clean_text(item["query"])),
             "contexts": [],
-            "ideal_answer": scrub(item["answer"]),
+            "ideal_answer": scrub(clean_text(item["answer"])),
             "label": "general",
             "labels": [],
             "label_source": "general",

@@ -124,6 +124,12 @@ def _parse_entries(records: Iterable[bytes | str]) -> list[dict[str, Any]]:
     return out
 
 
+def _torn(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
+
+
 def _entries_from_file(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -162,6 +168,8 @@ def _append_audit(config: PipelineConfig, mlflow_client: Any, entries: list[dict
     path = paths(config).audit
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as handle:
+        if handle.tell() and _torn(path):  # a crash mid-append left a line without its newline
+            handle.write(b"\n")
         handle.write(line + b"\n")
         handle.flush()
         os.fsync(handle.fileno())

@@ -1,4 +1,4 @@
-"""The failure taxonomy of DESIGN.md and the rules that route each log record by it.
+"""The failure taxonomy (README, "The log format") and the rules that route each log record by it.
 
 | label                                                 | fix                | becomes                          |
 | missing_knowledge, stale_knowledge, wrong_retrieval    | retrieval / KB     | a RAG backlog entry, never data  |
@@ -122,7 +122,7 @@ def _route_behaviour(record: LogRecord, label: str, labels: list[str], source: s
 
 
 def route(record: LogRecord, labels: list[str], rules: AnswerContract, keep_positive: bool) -> Route:
-    """The taxonomy table of DESIGN.md, applied to one record with normalised labels."""
+    """The taxonomy table above, applied to one record with normalised labels."""
     failure = bool(labels) or (record.rating is not None and record.rating < 0)
     if not failure:
         return _route_unlabelled(record, rules, keep_positive)

@@ -24,9 +24,12 @@ How it stays fast (this runs on every text field of millions of records):
 - A text with no trigger character costs one C-level scan: that is the fast path, and it is
   built into the finder rather than being a second check.
 - What a regex cannot confirm is validated in Python only when a candidate occurs: Luhn for
-  cards, ISO 13616 mod-97 for IBANs, octet ranges for IPv4, `ipaddress` for IPv6, the E.164
-  digit count for international phones. A rejected candidate is not a match: the next detector
-  at the same position is tried, then the scan goes on one character later.
+  cards, ISO 13616 mod-97 for IBANs, octet ranges for IPv4, `ipaddress` for IPv6. A rejected
+  candidate is not a match: the next detector at the same position is tried, then the scan goes
+  on one character later.
+- Phone numbers are not regexes: the finder only reports a text holding a phone-shaped run, and
+  libphonenumber decides (pipelines/phones.py), after the detectors here, so a card or an IP
+  is never read as a phone.
 
 Deliberate choices, so nobody "fixes" them by accident:
 - Stripe publishable keys (pk_live_/pk_test_) are left alone: they are public by design
@@ -57,7 +60,9 @@ from __future__ import annotations
 import collections
 import ipaddress
 import re
-from typing import Any, NamedTuple
+from typing import NamedTuple
+
+from pipelines.phones import DEFAULT_PHONE_REGIONS, scrub_phones
 
 
 class _Detector(NamedTuple):
@@ -124,7 +129,7 @@ _SECRET_VALUE = (
 )
 
 # The first digit of a number (not after a letter, digit or '_') followed by at least the shape
-# of an IPv4, a US phone or a card. In number-heavy text ("16 - 3 = 13", years, prices) almost
+# of an IPv4, an IBAN or a card. In number-heavy text ("16 - 3 = 13", years, prices) almost
 # every digit stops here, before any of the three detectors is tried.
 _NUMBER_PREFILTER = (
     r"(?<=(?<!\w)[0-9])"
@@ -132,8 +137,10 @@ _NUMBER_PREFILTER = (
 )
 _DIGITS = "0123456789"
 
+_PHONE_RUN = "PHONE_RUN"
+
 # In priority order: where two detectors can match at the same character, the first wins
-# (specific secrets before the generic `key: value`, phones before cards).
+# (specific secrets before the generic `key: value`).
 _BUILTIN_DETECTORS: tuple[_Detector, ...] = (
     _Detector("PRIVATE_KEY", "PRIVATE_KEY", "-", 0,
               r"----BEGIN[ A-Z0-9]*PRIVATE KEY-----"
@@ -175,18 +182,7 @@ _BUILTIN_DETECTORS: tuple[_Detector, ...] = (
     # Not after a letter (v1.2.3.4) and not inside a longer dotted number (1.2.3.4.5).
     _Detector("IPV4", "IP", _DIGITS, 0,
               r"(?<!\.[0-9])[0-9]{0,2}(?:\.[0-9]{1,3}){3}(?![\w]|\.[0-9])", _NUMBER_PREFILTER),
-    # US phones need separators, so a bare 10-digit number, a year or an order number is not one.
-    _Detector("PHONE_US_PAREN", "PHONE", "(", 0,
-              r"(?<=(?<![\w+.])\()[0-9]{3}\)[ ]?[0-9]{3}[ .-][0-9]{4}(?![\w]|[.-][0-9])"),
-    _Detector("PHONE_US", "PHONE", _DIGITS, 0,
-              r"(?<![+.][0-9])(?:(?<=1)[ .-][0-9]{3}[ .-]|[0-9]{2}[ .-])"
-              r"[0-9]{3}[ .-][0-9]{4}(?![\w]|[.-][0-9])", _NUMBER_PREFILTER),
-    # International phones need a leading +; the digit count is checked in Python. Possessive
-    # digit runs keep a near-miss from backtracking through every way of splitting the digits.
-    _Detector("PHONE_INTL", "PHONE", "+", 0,
-              r"(?<=(?<![\w+])\+)[1-9][0-9]{0,3}+(?:[ .-]?\([0-9]{1,4}\))?"
-              r"(?:[ .-]?[0-9]{1,6}+){1,6}(?![\w]|[.-][0-9])"),
-    # After the phones: at the same start a phone is the better reading. 13..19 digits with
+    # 13..19 digits with
     # optional single spaces or dashes, never cut out of a longer digit string (but a run of
     # groups may end early: "4111 1111 1111 1111 2010"); Luhn is checked in Python.
     _Detector("CARD", "CARD", "23456", 0,
@@ -196,6 +192,10 @@ _BUILTIN_DETECTORS: tuple[_Detector, ...] = (
     _Detector("IPV6", "IP", ":", 0,
               r"(?:[0-9A-Fa-f]{0,4}:){1,6}"
               r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:]|\.[0-9])"),
+    # Not a detector: the first digit of a run of 7+ digits and separators, so that the finder
+    # reports a text that may hold a phone (found by libphonenumber, `phones.scrub_phones`) in the
+    # same one scan. Its match is that digit alone; no detector is tried on it.
+    _Detector(_PHONE_RUN, "PHONE", _DIGITS, 0, r"(?<=(?<![0-9])[0-9])(?=(?:[ ().\-/\u00a0]{0,3}[0-9]){6})"),
 )
 
 # Detectors whose match is `key: value`; only the value group is replaced.
@@ -239,6 +239,8 @@ _find_candidate = _compile_finder(_BUILTIN_DETECTORS).search
 # its named value groups) to identify a candidate the finder reported.
 _DETECTORS_BY_TRIGGER: dict[str, list[tuple[_Detector, re.Pattern[str]]]] = {}
 for _detector in _BUILTIN_DETECTORS:
+    if _detector.group == _PHONE_RUN:
+        continue
     _compiled = re.compile(
         f"[{re.escape(_detector.triggers)}]{_detector.prefilter}(?:{_detector.pattern})"
     )
@@ -252,6 +254,13 @@ _SPECIFIC_SECRET_TYPES = frozenset(
 )
 _AWS_SECRET_VALUE_RE = re.compile(r"[A-Za-z0-9/+]{40}")
 _PLACEHOLDER_RE = re.compile(r"<[A-Z][A-Z0-9_]*>")
+
+
+def without_placeholders(text: str) -> str:
+    """`text` with every `<TYPE>` placeholder blanked out (topic keywords, word counts)."""
+    return _PLACEHOLDER_RE.sub(" ", text)
+
+
 _EMAIL_LOCAL_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-"
 )
@@ -321,8 +330,16 @@ def _ipv6_ok(candidate: str) -> bool:
     return True
 
 
-def _phone_intl_ok(candidate: str) -> bool:
-    return 8 <= sum(char.isdigit() for char in candidate) <= 15
+# "Version 1.2.3.4", "build 2.0.0.1": a dotted version, not an address ("v1.2.3.4" is not
+# one either: an IP never follows a letter).
+_VERSION_BEFORE_RE = re.compile(r"\b(?i:version|ver\.?|release|build|firmware)[ \t]?$")
+
+# A bare `key: value` whose value is one of these words is prose ("api_key: see docs",
+# "password: required"), not a secret. Only lower-case, letters-only values are looked up.
+_PROSE_VALUES = frozenset("""a an the see is are was not none null nil empty missing required optional
+    set unset your my our their here below above docs documentation readme yes no true false changed
+    expired invalid rotated reset redacted hidden removed same new old default provided given
+    configured needed please check use sent stored""".split())
 
 
 # --- the scan --------------------------------------------------------------------------------
@@ -348,7 +365,7 @@ def _accept(
         value_group = next(name for name in _VALUE_GROUPS[group] if match.group(name) is not None)
         start, end = match.span(value_group)
         value = text[start:end]
-        if _PLACEHOLDER_RE.fullmatch(value):
+        if _PLACEHOLDER_RE.fullmatch(value) or (value_group == "secret_bare" and value in _PROSE_VALUES):
             return None
         if not inside_value:
             type_name = _secret_value_type(value, text[max(0, match.start() - 40) : match.start()])
@@ -385,10 +402,7 @@ def _accept(
             return None
         end = resume = start + length
     elif group == "IPV4":
-        if not _ipv4_ok(text[start:end]):
-            return None
-    elif group == "PHONE_INTL":
-        if not _phone_intl_ok(text[start:end]):
+        if not _ipv4_ok(text[start:end]) or _VERSION_BEFORE_RE.search(text, max(0, start - 12), start):
             return None
     return start, end, type_name, resume
 
@@ -417,7 +431,8 @@ def _scrub_builtin(
     while candidate is not None:
         position = candidate.start()
         accepted = None
-        for detector, compiled in _DETECTORS_BY_TRIGGER[text[position]]:
+        # A one-character candidate is the start of a phone-shaped run: no detector matched there.
+        for detector, compiled in _DETECTORS_BY_TRIGGER[text[position]] if candidate.end() - position > 1 else ():
             match = compiled.match(text, position)
             if match is None:
                 continue
@@ -444,18 +459,22 @@ def _scrub_builtin(
 class Scrubber:
     """Replaces PII and secrets with `<TYPE>` placeholders and counts them per type.
 
-    `counts` accumulates over every `scrub()` / `scrub_value()` call; `scrub_counted()` leaves it
+    `counts` accumulates over every `scrub()` call; `scrub_counted()` leaves it
     alone, so callers that cache results per distinct text add the returned counts themselves.
     """
 
-    def __init__(self, extra_patterns: dict[str, str] | None = None):
+    def __init__(self, extra_patterns: dict[str, str] | None = None,
+                 phone_regions: tuple[str, ...] | list[str] = DEFAULT_PHONE_REGIONS):
         """extra_patterns: {"EMPLOYEE_ID": r"EMP-\\d{6}"} -> placeholder <EMPLOYEE_ID>.
+        phone_regions: the regions whose national formats are phones (+international numbers
+        are found whatever the list).
 
         They run after the built-in types, over text those have already scrubbed. An invalid
         regex, or one that matches the empty string (it would put a placeholder between every
         two characters), raises ValueError naming the pattern.
         """
         self.counts: collections.Counter[str] = collections.Counter()
+        self.phone_regions = tuple(phone_regions) or ("US",)
         self._extra_type_of_group: dict[str, str] = {}
         alternatives = []
         for index, (type_name, pattern) in enumerate((extra_patterns or {}).items()):
@@ -507,20 +526,10 @@ class Scrubber:
         scrubbed, found = self._scrub(text, candidate)
         return scrubbed, tuple(sorted(found.items()))
 
-    def scrub_value(self, obj: Any) -> Any:
-        """Scrubs every str inside nested dicts/lists/tuples (keys untouched); returns a new object."""
-        if isinstance(obj, str):
-            return self.scrub(obj)
-        if isinstance(obj, dict):
-            return {key: self.scrub_value(value) for key, value in obj.items()}
-        if isinstance(obj, list):
-            return [self.scrub_value(item) for item in obj]
-        if isinstance(obj, tuple):
-            return tuple(self.scrub_value(item) for item in obj)
-        return obj
-
     def _scrub(self, text: str, candidate: re.Match[str] | None) -> tuple[str, dict[str, int]]:
-        scrubbed, found = _scrub_builtin(text, candidate)
+        scrubbed, found = _scrub_builtin(text, candidate) if candidate is not None else (text, {})
+        if candidate is not None:  # after the built-ins: a card or an IP is not a phone
+            scrubbed = scrub_phones(scrubbed, self.phone_regions, found)
         if self._extra_re is not None:
             scrubbed = self._extra_re.sub(lambda match: self._replace_extra(match, found), scrubbed)
         return scrubbed, found

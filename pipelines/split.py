@@ -271,8 +271,8 @@ def identify(config: PipelineConfig, source: CuratedSource) -> Stage:
     return Stage.identify("split", "spl", Path(config.split.output_dir), {
         "dataset": source.id, "examples": source.examples_sha256,
         "config": config.section_hash(*CONFIG_SECTIONS),
-        "dedup": config.curate.dedup.model_dump(), "name": config.name, "code": code_version(),
-    })
+        "dedup": config.curate.dedup.model_dump(), "name": config.name, "code": code_version(__name__),
+    }, code_module=__name__)
 
 
 def finished_split(stage: Stage, regression_path: Path) -> dict[str, Any] | None:

@@ -83,7 +83,7 @@ def run_key_payload(config: PipelineConfig, split_manifest: dict[str, Any]) -> d
         "split_files": split_manifest["files"],
         "config": config.section_hash(*CONFIG_SECTIONS),
         "base": base_model_id(config.model.base),
-        "code": code_version(),
+        "code": code_version(__name__),
     }
 
 
@@ -218,7 +218,8 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
     """Steps 1-5. Raises TrainError with a message fit to show."""
     started = time.perf_counter()
     split_path, split_manifest = read_split(config)
-    stage = Stage.identify("train", "run", Path(config.train.output_dir), run_key_payload(config, split_manifest))
+    stage = Stage.identify("train", "run", Path(config.train.output_dir), run_key_payload(config, split_manifest),
+                           code_module=__name__)
     if not force and (done := stage.finished()) is not None:
         return TrainResult(stage.ident, stage.final, done, skipped=True)
     work = WorkFolder.open(stage, fresh=restart or force)

@@ -162,7 +162,8 @@ def locate(config: PipelineConfig) -> Run:
     endpoint = resolve_endpoint(config.train.openai)
     method = check_method(config)
     stage = Stage.identify("train", "run", Path(config.train.output_dir),
-                           run_key_payload(split_manifest, config.train.openai, endpoint, method, config.train.dpo.beta))
+                           run_key_payload(split_manifest, config.train.openai, endpoint, method, config.train.dpo.beta),
+                           code_module=__name__)
     return Run(split_path, split_manifest, endpoint, stage, method)
 
 

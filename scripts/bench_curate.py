@@ -197,11 +197,56 @@ def run_reference(logs: Path, workdir: Path) -> dict:
     return {"seconds": seconds, "counts": counts, "peak_rss_mib": _peak_rss_mib()}
 
 
+def _clean_texts() -> tuple[str, list[str]]:
+    """Text without PII: SQuAD 2.0 contexts and GSM8K problems where the shared reference data
+    is present, else this benchmark's own knowledge base and questions."""
+    shared = Path(os.environ.get("REFIT_SHARED_DATA") or REPO.parent / "shared" / "data")
+    squad, gsm8k = shared / "squad2-dev-slice.json", shared / "gsm8k-test.jsonl"
+    if squad.exists() and gsm8k.exists():
+        data = json.loads(squad.read_text(encoding="utf-8"))
+        texts = [p["context"] for a in data["data"] for p in a["paragraphs"]]
+        texts += [t for line in gsm8k.read_text(encoding="utf-8").splitlines() if line
+                  for t in json.loads(line).values() if isinstance(t, str)]
+        return "SQuAD contexts + GSM8K problems", texts
+    rng = random.Random(1)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(55)) + f". The limit is {rng.randrange(500)} per day."
+             for _ in range(2000)]
+    return "generated knowledge-base text", texts
+
+
+def scrub_throughput(seconds: float = 2.0) -> None:
+    """The scrubber's MB/s on clean text: the regex-phone scrubber from before issue 11 (a frozen
+    copy in scripts/bench_reference_scrub.py) against today's (phones by libphonenumber), in
+    this process, interleaved, best of several rounds."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_reference_scrub
+
+    from pipelines.scrub import Scrubber
+
+    name, texts = _clean_texts()
+    megabytes = sum(len(t.encode()) for t in texts) / 1e6
+    sides = {"before (regex phones)": bench_reference_scrub.Scrubber().scrub, "after (phonenumbers)": Scrubber().scrub}
+    best = dict.fromkeys(sides, float("inf"))
+    deadline = time.perf_counter() + seconds * len(sides)
+    while time.perf_counter() < deadline:
+        for side, scrub in sides.items():
+            started = time.perf_counter()
+            for text in texts:
+                scrub(text)
+            best[side] = min(best[side], time.perf_counter() - started)
+    print(f"scrubber on clean text ({name}, {megabytes:.2f} MB, best of rounds):")
+    for side, secs in best.items():
+        print(f"  {side}: {megabytes / secs:,.1f} MB/s")
+    before, after = (megabytes / best[side] for side in sides)
+    print(f"  after / before: {after / before:.2f}x  (target: >= 0.5x, i.e. within 2x of before)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--reference-records", type=int, default=None,
                         help="records for the reference (default: the same file); fewer keeps long runs short")
+    parser.add_argument("--scrub-only", action="store_true", help="only the scrubber's MB/s on clean text")
     parser.add_argument("--worker", choices=["refit", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--logs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -210,6 +255,9 @@ def main() -> None:
     if args.worker:
         runner = run_refit if args.worker == "refit" else run_reference
         print("RESULT " + json.dumps(runner(args.logs, args.workdir)))
+        return
+    scrub_throughput()
+    if args.scrub_only:
         return
 
     with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:

@@ -4,6 +4,7 @@ CLI in a scratch workspace, and a builder for RAG log records."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The public reference data beside the checkout; REFIT_SHARED_DATA points elsewhere (a worktree).
+SHARED_DATA = Path(os.environ.get("REFIT_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] "
