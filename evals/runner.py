@@ -344,7 +344,8 @@ def suite_entry(suite: Suite, config: PipelineConfig, inputs: EvalInputs, genera
         theirs = scores[other.name][suite.name]
         entry["comparisons"][other.name] = {
             name: M.paired_bootstrap([s.get(name) for s in cand], [s.get(name) for s in theirs],
-                                     resamples=e.bootstrap_resamples, seed=e.seed, confidence=e.confidence)
+                                     resamples=e.bootstrap_resamples, seed=e.seed, confidence=e.confidence,
+                                     higher_is_better=name not in M.LOWER_IS_BETTER)
             for name in entry["contenders"]["candidate"]["metrics"]}
     return entry
 

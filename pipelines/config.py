@@ -393,7 +393,9 @@ class GateConfig(Strict):
         0.02, ge=0, description="rule 2: the candidate may trail the champion's mean by at most this")
     guard_suites: list[str] = Field(["regression", "instruction_following", "arithmetic", "refusal"], description=(
         "rule 3: suites guarded against the base model"))
-    guard_margin: float = Field(0.05, ge=0, description="rule 3: the most the candidate may lose on a guard suite")
+    guard_margin: float = Field(0.05, ge=0, description="the most the candidate may lose on a guard or HasAns F1")
+    max_false_refusal_rise: float = Field(0.05, ge=0, le=1, description=(
+        "the most the candidate's false-refusal rate on answerable items may exceed the baseline's"))
     format_floor: float = Field(
         0.9, ge=0, le=1, description="rule 4: share of the candidate's answers in the pipeline's format")
 
