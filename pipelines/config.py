@@ -131,10 +131,10 @@ class ScrubConfig(Strict):
 
 
 class IdkConfig(Strict):
-    # Synthetic "I don't know" examples, as a share of the examples built from records: a
-    # kept example's query paired with retrieved documents that do not contain its answer.
+    # Synthetic "I don't know": a kept example's query with documents that lack its answer.
     synthetic_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description='extra "I don\'t know" examples, as a share of kept examples')
+    max_share: float = Field(0.25, ge=0.0, le=1.0, description='most refusals among RAG examples (all sources)')
 
 
 class GeneralMixConfig(Strict):

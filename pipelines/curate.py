@@ -41,6 +41,7 @@ from pipelines.accounting import Accounting
 from pipelines.answers import Answer, AnswerContract
 from pipelines.config import CurateConfig, PipelineConfig
 from pipelines.curate_report import Backlog, decide, render_report
+from pipelines.idk_share import plan_idk, share_summary
 from pipelines.minhash import MinHasher, clusters, text_fingerprint
 from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, parse_line, sample_general
 from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
@@ -243,6 +244,7 @@ class Candidates:
         self.ranks: list[int] = []
         self.labels: list[str] = []
         self.from_record: list[bool] = []
+        self.refusals: list[bool] = []  # the ideal answer is a refusal (pipelines/idk_share.py counts them)
         self.fingerprints: list[int] = []
         self.band_chunks: list[np.ndarray] = []
         self.is_rep = np.zeros(0, dtype=bool)  # after dedup: the copy each cluster keeps
@@ -275,6 +277,7 @@ class Candidates:
                 self.ranks.append(c.pop("_rank"))
                 self.labels.append(c["label"])
                 self.from_record.append(c.pop("_from_record"))
+                self.refusals.append(c.pop("_refusal"))
                 self.fingerprints.append(text_fingerprint(text))
                 self.spool.write(orjson.dumps(c) + b"\n")
         self.pending.clear()
@@ -455,6 +458,7 @@ class CurateRun:
             "line": where[1],
             "_rank": SOURCE_RANK.get((source, r.label_source), 0),
             "_from_record": source != "idk_from_hallucination",
+            "_refusal": answer.refusal,
         })
 
     # ----------------------------------------------------------------- 3-4. dedup
@@ -481,12 +485,19 @@ class CurateRun:
         share of them."""
         eligible = [i for i in range(len(self.candidates.ranks))
                     if self.candidates.is_rep[i] and self.candidates.from_record[i]]
-        n_synthetic = round(self.cfg.idk.synthetic_fraction * len(eligible))
+        c = self.candidates
+        self.idk_plan = plan_idk(c.refusals, list(c.is_rep), c.from_record,
+                                 round(self.cfg.idk.synthetic_fraction * len(eligible)), self.cfg.idk.max_share,
+                                 self.cfg.seed)
+        n_synthetic = self.idk_plan.synthetic
         sources = set(self.rng.sample(eligible, min(n_synthetic, len(eligible)))) if self.context_pool else set()
         synthetic: list[dict[str, Any]] = []
         for i, example, from_record in self.candidates.kept():
             if from_record:
                 self.accounting.keep(example["label"])
+            elif i in self.idk_plan.drop_hallucination:
+                self.accounting.drop_added("over_idk_share")
+                continue
             else:
                 self.accounting.add("idk_from_hallucination")
             self.examples.write(example)
@@ -532,6 +543,7 @@ class CurateRun:
             "scrubbed": dict(sorted(self.scrubber.counts.items())),
             "examples_by_label": dict(sorted(self.examples.by_label.items())),
             "examples_by_source": dict(sorted(self.examples.by_source.items())),
+            "idk_share": share_summary(self.idk_plan, self.examples.by_source),
             "tokens": {
                 "max_seq_tokens": self.config.model.max_seq_tokens,
                 "min": int(lengths.min()), "median": int(np.median(lengths)),
