@@ -123,7 +123,10 @@ class HFModel:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: Sequence[str], *, batch_size: int, max_new_tokens: int,
-                 on_done: Callable[[int], None] = lambda n: None) -> list[Generation]:
+                 on_done: Callable[[int], None] = lambda n: None,
+                 on_results: Callable[[list[tuple[int, Generation]]], None] = lambda done: None) -> list[Generation]:
+        """Greedy completions of `prompts`; `on_results` gets each batch's (prompt index,
+        generation) pairs as soon as the batch ends (the runner commits them to the cache)."""
         import torch
 
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -138,6 +141,7 @@ class HFModel:
             for row, tokens in zip(rows, completions):
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 results[row] = Generation(text, len(encoded[row]), len(tokens))
+            on_results([(row, results[row]) for row in rows])
             on_done(len(rows))
         return [r for r in results if r is not None]
 
@@ -235,18 +239,22 @@ class OpenAIModel:
         self.key = f"openai:{self.base_url.rstrip('/')}:{model}"
 
     def generate(self, prompts: Sequence[list[dict[str, str]]], *, max_new_tokens: int,
-                 on_done: Callable[[int], None] = lambda n: None) -> list[Generation]:
-        return asyncio.run(self._generate_all(prompts, max_new_tokens, on_done))
+                 on_done: Callable[[int], None] = lambda n: None,
+                 on_results: Callable[[list[tuple[int, Generation]]], None] = lambda done: None) -> list[Generation]:
+        """Completions of `prompts`; `on_results` gets each (prompt index, generation) as its
+        request completes, so a paid answer is kept even if a later request fails."""
+        return asyncio.run(self._generate_all(prompts, max_new_tokens, on_done, on_results))
 
     async def _generate_all(self, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int,
-                            on_done: Callable[[int], None]) -> list[Generation]:
+                            on_done: Callable[[int], None],
+                            on_results: Callable[[list[tuple[int, Generation]]], None]) -> list[Generation]:
         import openai
 
         limit = asyncio.Semaphore(self.concurrency)
         async with openai.AsyncOpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout_s,
                                       max_retries=self.max_retries) as client:
 
-            async def one(messages: list[dict[str, str]]) -> Generation:
+            async def one(index: int, messages: list[dict[str, str]]) -> Generation:
                 async with limit:
                     try:
                         response = await client.chat.completions.create(
@@ -256,9 +264,11 @@ class OpenAIModel:
                         status = getattr(exc, "status_code", None)
                         raise ProviderError(f"{self.model} at {self.base_url}: "
                                             f"{f'HTTP {status}: ' if status else ''}{exc.message}") from None
-                on_done(1)
                 usage = response.usage
-                return Generation(response.choices[0].message.content or "",
-                                  usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+                generation = Generation(response.choices[0].message.content or "",
+                                        usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+                on_results([(index, generation)])
+                on_done(1)
+                return generation
 
-            return list(await asyncio.gather(*(one(m) for m in prompts)))
+            return list(await asyncio.gather(*(one(i, m) for i, m in enumerate(prompts))))

@@ -13,7 +13,8 @@ Read top to bottom, the recipe is:
 3. Identity: the eval id hashes the contenders, the suites' contents and scoring versions,
    the gate's version and the config; an eval that already exists is not run again.
 4. Generation: every prompt goes through the one template; outputs are cached on disk by
-   (model, prompt, decoding settings), so a re-run only generates what is new.
+   (model, prompt, decoding settings), each batch (hf) or request (openai) committed as it
+   ends, so a re-run, even after a kill, only generates what is new.
 5. Scoring (evals/scorers.py): per example (exact match, F1, refusals, citations, format,
    groundedness, instruction checks, numeric answers), then per suite and per failure label.
 6. Comparison: paired per-example deltas, candidate minus baseline and minus champion, with
@@ -177,16 +178,23 @@ def generate(contender: Contender, suites: list[Suite], config: PipelineConfig, 
     missing_unique = list({keys[i]: i for i in missing}.values())  # the same prompt twice: generate once
     if missing_unique:
         progress.start(f"{contender.name}: generate", len(missing_unique))
+
+        def commit(done: list[tuple[int, Any]]) -> None:
+            # Each batch (hf) or request (openai) is in the cache as soon as it ends: a crash,
+            # Ctrl-C or a scheduler's kill loses at most the batches in flight.
+            cache.put_many(model.key, [(keys[missing_unique[j]], g) for j, g in done])
+
         try:
             todo = [prompts[i] for i in missing_unique]
             if contender.backend == "hf":
                 new = model.generate(todo, batch_size=config.eval.hf.batch_size,
-                                     max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance)
+                                     max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance,
+                                     on_results=commit)
             else:
-                new = model.generate(todo, max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance)
+                new = model.generate(todo, max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance,
+                                     on_results=commit)
         finally:
             progress.stop()
-        cache.put_many(model.key, [(keys[i], g) for i, g in zip(missing_unique, new)])
         found.update({keys[i]: g for i, g in zip(missing_unique, new)})
     out: dict[str, list[Any]] = {}
     position = 0
