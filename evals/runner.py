@@ -197,12 +197,15 @@ def generate(contender: Contender, suites: list[Suite], config: PipelineConfig, 
             progress.stop()
         found.update({keys[i]: g for i, g in zip(missing_unique, new)})
     out: dict[str, list[Any]] = {}
-    position = 0
+    by_suite: dict[str, dict[str, int]] = {}
+    position, generated = 0, set(missing_unique)
     for suite in suites:
-        out[suite.name] = [found[k] for k in keys[position:position + len(suite.items)]]
+        span = range(position, position + len(suite.items))
+        out[suite.name] = [found[keys[i]] for i in span]
+        by_suite[suite.name] = {"prompts": len(span), "generated": sum(1 for i in span if i in generated)}
         position += len(suite.items)
     return out, {"model_key": model.key, "prompts": len(keys), "cached": len(keys) - len(missing),
-                 "generated": len(missing_unique)}
+                 "generated": len(missing_unique), "suites": by_suite}
 
 
 # --------------------------------------------------------------------------- 5-6. scoring and comparison
@@ -326,6 +329,8 @@ def generate_all(config: PipelineConfig, inputs: EvalInputs, progress: Progress,
             stats = cache_stats[contender.name]
             log(f"  {contender.name}: {stats['generated']} generated, {stats['cached']} from the cache "
                 f"({timings[f'generate_{contender.name}_s']:.1f}s)")
+            for name, n in stats["suites"].items():
+                log(f"    {contender.name}/{name}: {n['prompts']} prompts, {n['generated']} generated")
     finally:
         cache.close()
     return generations, cache_stats, timings
