@@ -39,7 +39,7 @@ import orjson
 
 from evals import metrics as M
 from evals.gate import GATE_VERSION, decide
-from evals.providers import GenerationCache, HFModel, OpenAIModel, ProviderError
+from evals.providers import GenerationCache, HFModel, OpenAIModel, ProviderError, resolve_dtype
 from evals.scorers import Scores, score
 from evals.suites import Suite, SuiteError, load_suites, suite_versions
 from evals.suites import split_item as _ideal_to_item  # noqa: F401  (scripts/bench_eval.py imports it from here)
@@ -155,8 +155,8 @@ def _model_for(contender: Contender, config: PipelineConfig) -> tuple[Any, dict[
     """The contender's model, and the decoding settings its cached generations are keyed by."""
     decoding: dict[str, Any] = {"greedy": True, "max_new_tokens": config.eval.max_new_tokens}
     if contender.backend == "hf":
-        decoding["dtype"] = config.eval.hf.dtype
-        return HFModel(config.model.base, contender.adapter, config.eval.hf.dtype), decoding
+        decoding["dtype"] = resolve_dtype(config.eval.hf.dtype)  # the same for every hf contender
+        return HFModel(config.model.base, contender.adapter, decoding["dtype"]), decoding
     o = config.eval.openai
     return OpenAIModel(contender.model, base_url=contender.base_url, api_key_env=o.api_key_env,
                        concurrency=o.concurrency, timeout_s=o.timeout_s, max_retries=o.max_retries), decoding
@@ -178,24 +178,27 @@ def generate(contender: Contender, suites: list[Suite], config: PipelineConfig, 
     missing_unique = list({keys[i]: i for i in missing}.values())  # the same prompt twice: generate once
     if missing_unique:
         progress.start(f"{contender.name}: generate", len(missing_unique))
+        # hf plans its batches over every prompt (cached ones included: see HFModel.generate).
+        planned = list({k: i for i, k in enumerate(keys)}.values()) if contender.backend == "hf" else missing_unique
 
         def commit(done: list[tuple[int, Any]]) -> None:
             # Each batch (hf) or request (openai) is in the cache as soon as it ends: a crash,
             # Ctrl-C or a scheduler's kill loses at most the batches in flight.
-            cache.put_many(model.key, [(keys[missing_unique[j]], g) for j, g in done])
+            cache.put_many(model.key, [(keys[planned[j]], g) for j, g in done])
 
         try:
-            todo = [prompts[i] for i in missing_unique]
+            todo = [prompts[i] for i in planned]
             if contender.backend == "hf":
                 new = model.generate(todo, batch_size=config.eval.hf.batch_size,
                                      max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance,
-                                     on_results=commit)
+                                     on_results=commit, cached=[j for j, i in enumerate(planned) if keys[i] in found])
             else:
                 new = model.generate(todo, max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance,
                                      on_results=commit)
         finally:
             progress.stop()
-        found.update({keys[i]: g for i, g in zip(missing_unique, new)})
+        fresh = [i for i in planned if keys[i] not in found]  # what `new` answers, in order
+        found.update({keys[i]: g for i, g in zip(fresh, new)})
     out: dict[str, list[Any]] = {}
     by_suite: dict[str, dict[str, int]] = {}
     position, generated = 0, set(missing_unique)
@@ -296,6 +299,7 @@ def eval_key_payload(config: PipelineConfig, inputs: EvalInputs) -> dict[str, An
         "suites": {s.name: s.sha256 for s in inputs.suites}, "shots": inputs.baseline_prompt["few_shot_ids"],
         "config": config.section_hash("eval", "prompt", "output"),
         "base": base_model_id(config.model.base) if run.get("backend") != "openai" else None,
+        "dtype": resolve_dtype(config.eval.hf.dtype),  # "auto" resolves per machine
         "code": code_version(),
         # evals/ is not part of the stages' code version (an edit there must not retrain); how
         # each suite is scored and the gate judges is versioned instead: a bump makes old evals stale.
@@ -375,7 +379,9 @@ def build_report(stage: Stage, config: PipelineConfig, inputs: EvalInputs,
         "run": {"id": inputs.run["id"], "path": str(inputs.run_path), "backend": inputs.run.get("backend")},
         "split": {"id": inputs.split["id"], "path": str(inputs.split_path)},
         "contenders": {c.name: {"model": c.model, "backend": c.backend, "prompt": c.prompt, "run_id": c.run_id,
-                                "registry_version": c.registry_version} for c in inputs.contenders},
+                                "registry_version": c.registry_version,
+                                "dtype": resolve_dtype(e.hf.dtype) if c.backend == "hf" else None}
+                       for c in inputs.contenders},
         "prompts": {"baseline_few_shot_ids": inputs.baseline_prompt["few_shot_ids"]},
         "confidence": e.confidence, "bootstrap_resamples": e.bootstrap_resamples, "seed": e.seed,
         "suites": {s.name: suite_entry(s, config, inputs, generations, scores) for s in inputs.suites},

@@ -337,8 +337,8 @@ class HFProviderConfig(Strict):
     # Prompts per generate() call; predictions do not depend on it (tested). On a CPU a
     # decoding step costs little more for 32 rows than for 1, so bigger batches pay.
     batch_size: int = Field(32, ge=1, description="prompts per generate call; predictions do not depend on it")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="float32 keeps greedy decoding reproducible across machines and batch sizes")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CPUs with AVX512-BF16 or AMX, else float32; both contenders alike")
 
 
 class OpenAIProviderConfig(Strict):
