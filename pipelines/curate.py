@@ -41,7 +41,7 @@ from pipelines.accounting import Accounting
 from pipelines.answers import Answer, AnswerContract
 from pipelines.config import CurateConfig, PipelineConfig
 from pipelines.curate_report import Backlog, decide, render_report
-from pipelines.idk_share import plan_idk, share_summary
+from pipelines.idk_share import bound_idk, share_summary
 from pipelines.minhash import MinHasher, clusters, text_fingerprint
 from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, parse_line, sample_general
 from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
@@ -243,8 +243,7 @@ class Candidates:
         self.pending: list[dict[str, Any]] = []
         self.ranks: list[int] = []
         self.labels: list[str] = []
-        self.from_record: list[bool] = []
-        self.refusals: list[bool] = []  # the ideal answer is a refusal (pipelines/idk_share.py counts them)
+        self.from_record, self.refusals = [], []  # from a record? its ideal answer a refusal? (list[bool] each)
         self.fingerprints: list[int] = []
         self.band_chunks: list[np.ndarray] = []
         self.is_rep = np.zeros(0, dtype=bool)  # after dedup: the copy each cluster keeps
@@ -457,8 +456,7 @@ class CurateRun:
             "file": where[0],
             "line": where[1],
             "_rank": SOURCE_RANK.get((source, r.label_source), 0),
-            "_from_record": source != "idk_from_hallucination",
-            "_refusal": answer.refusal,
+            "_from_record": source != "idk_from_hallucination", "_refusal": answer.refusal,
         })
 
     # ----------------------------------------------------------------- 3-4. dedup
@@ -481,23 +479,16 @@ class CurateRun:
         self.examples.close()
 
     def _write_kept(self) -> list[dict[str, Any]]:
-        """Write the kept candidates; return the synthetic IDK examples made from a seeded
-        share of them."""
+        """Write the kept candidates; return the synthetic IDK examples made from a seeded share."""
         eligible = [i for i in range(len(self.candidates.ranks))
                     if self.candidates.is_rep[i] and self.candidates.from_record[i]]
-        c = self.candidates
-        self.idk_plan = plan_idk(c.refusals, list(c.is_rep), c.from_record,
-                                 round(self.cfg.idk.synthetic_fraction * len(eligible)), self.cfg.idk.max_share,
-                                 self.cfg.seed)
+        self.idk_plan = bound_idk(self.candidates, round(self.cfg.idk.synthetic_fraction * len(eligible)), self.cfg)
         n_synthetic = self.idk_plan.synthetic
         sources = set(self.rng.sample(eligible, min(n_synthetic, len(eligible)))) if self.context_pool else set()
         synthetic: list[dict[str, Any]] = []
         for i, example, from_record in self.candidates.kept():
             if from_record:
                 self.accounting.keep(example["label"])
-            elif i in self.idk_plan.drop_hallucination:
-                self.accounting.drop_added("over_idk_share")
-                continue
             else:
                 self.accounting.add("idk_from_hallucination")
             self.examples.write(example)

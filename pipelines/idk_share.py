@@ -57,6 +57,18 @@ def plan_idk(refusal: list[bool], kept: list[bool], from_record: list[bool], syn
     return plan
 
 
+def bound_idk(candidates: Any, synthetic_wanted: int, cfg: Any) -> IdkPlan:
+    """Apply the bound to curate's deduplicated candidates (pipelines/curate.py `Candidates`):
+    the dropped ones are no longer kept, and the accounting counts them as derived examples
+    dropped ("over_idk_share"). `cfg` is curate's config (idk.max_share, seed)."""
+    plan = plan_idk(candidates.refusals, list(candidates.is_rep), candidates.from_record, synthetic_wanted,
+                    cfg.idk.max_share, cfg.seed)
+    for i in plan.drop_hallucination:
+        candidates.is_rep[i] = False
+        candidates.accounting.drop_added("over_idk_share")
+    return plan
+
+
 def share_summary(plan: IdkPlan, by_source: dict[str, int]) -> dict[str, Any]:
     """The manifest's `idk_share`: the share written, by source, and what the bound dropped."""
     refusals = {"from_records": plan.from_records,
