@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from evals.power import detectable_loss
 from pipelines.config import GateConfig
 
-GATE_VERSION = 1
+GATE_VERSION = 2
 
 Verdict = dict[str, Any]
 
@@ -33,6 +34,7 @@ class GateInput:
     contenders: dict[str, Any]
     gate: GateConfig
     level: str  # the confidence level, as shown ("95%")
+    confidence: float = 0.95
 
     def comparison(self, suite: str, other: str, metric: str) -> dict[str, Any] | None:
         return self.suites.get(suite, {}).get("comparisons", {}).get(other, {}).get(metric)
@@ -77,24 +79,58 @@ def holds_against_champion(g: GateInput) -> list[Verdict]:
                   f"{primary}/{metric}: candidate - champion = {_fmt(cmp['delta'])}, {g.interval(cmp)}")]
 
 
-def _guard(g: GateInput, name: str) -> Verdict:
-    margin = g.gate.guard_margin
+def _guarded(g: GateInput, rule: str, suite: str, metric: str, margin: float, against: str) -> Verdict:
+    """candidate - baseline on `suite`/`metric` no lower than -margin, with the smallest loss
+    this n could detect (so a guard too small to mean much says so)."""
     threshold = f">= -{margin}"
+    cmp = g.comparison(suite, "baseline", metric)
+    if cmp is None or cmp["n"] == 0:
+        return _rule(rule, False, None, threshold, f"no paired {metric} results on {suite!r}")
+    mde = detectable_loss(cmp, g.confidence, margin)
+    verdict = _rule(rule, cmp["delta"] >= -margin, cmp["delta"], threshold,
+                    f"{suite}/{metric}: candidate - {against} = {_fmt(cmp['delta'])}, {g.interval(cmp)}; "
+                    f"{mde['statement']}")
+    return verdict | {"detectable_loss": mde["loss"], "detectable_method": mde["method"]}
+
+
+def _guard(g: GateInput, name: str) -> Verdict:
     suite = g.suites.get(name)
     if suite is None:
-        return _rule(f"guard:{name}", False, None, threshold,
+        return _rule(f"guard:{name}", False, None, f">= -{g.gate.guard_margin}",
                      f"guard suite {name!r} was not evaluated (enable it under eval.suites)")
-    metric = suite["primary_metric"]
-    cmp = suite["comparisons"].get("baseline", {}).get(metric)
-    if cmp is None or cmp["n"] == 0:
-        return _rule(f"guard:{name}", False, None, threshold, f"no paired results on {name!r}")
-    return _rule(f"guard:{name}", cmp["delta"] >= -margin, cmp["delta"], threshold,
-                 f"{name}/{metric}: candidate - base model = {_fmt(cmp['delta'])}, {g.interval(cmp)}")
+    return _guarded(g, f"guard:{name}", name, suite["primary_metric"], g.gate.guard_margin, "base model")
 
 
 def guards_hold(g: GateInput) -> list[Verdict]:
     """No guard suite lost by more than the margin against the base model."""
     return [_guard(g, name) for name in g.gate.guard_suites]
+
+
+def not_over_refusing(g: GateInput) -> list[Verdict]:
+    """Refuses answerable questions no more often than the baseline, plus a margin: a model
+    that says "I don't know" to everything scores F1 1 on every unanswerable item and can
+    win on F1 alone where those are many."""
+    primary, margin = g.gate.primary_suite, g.gate.max_false_refusal_rise
+    threshold = f"<= baseline + {margin}"
+    contenders = g.suites.get(primary, {}).get("contenders", {})
+    cand = (contenders.get("candidate", {}).get("metrics", {}).get("false_refusal") or {}).get("mean")
+    base = (contenders.get("baseline", {}).get("metrics", {}).get("false_refusal") or {}).get("mean")
+    if cand is None or base is None:
+        return [_rule("not_over_refusing", False, None, threshold,
+                      f"no answerable items on suite {primary!r} to measure false refusals on")]
+    rise = cand - base
+    n = contenders["candidate"]["metrics"]["false_refusal"]["n"]
+    words = "over-refuses" if rise > margin else "refuses"
+    return [_rule("not_over_refusing", rise <= margin, rise, threshold,
+                  f"{words}: {cand:.1%} of answerable questions vs {base:.1%} for the baseline "
+                  f"({primary}, n={n}; a rise of {rise:+.1%}, at most {margin:.1%} allowed)")]
+
+
+def answers_hold(g: GateInput) -> list[Verdict]:
+    """Answer quality on the answerable items (HasAns F1) no lower than the baseline's beyond
+    the guard margin, whatever the overall F1 does."""
+    primary = g.gate.primary_suite
+    return [_guarded(g, "answers_hold", primary, "f1_has_answer", g.gate.guard_margin, "baseline")]
 
 
 def format_floor(g: GateInput) -> list[Verdict]:
@@ -111,13 +147,15 @@ GATE_RULES: list[Callable[[GateInput], list[Verdict]]] = [
     beats_baseline,
     holds_against_champion,
     guards_hold,
+    not_over_refusing,
+    answers_hold,
     format_floor,
 ]
 
 
 def decide(report: dict[str, Any], gate: GateConfig, *, confidence: float) -> dict[str, Any]:
     """The verdict over `report["suites"]`; every rule listed, pass or fail."""
-    g = GateInput(report["suites"], report["contenders"], gate, f"{confidence:.0%}")
+    g = GateInput(report["suites"], report["contenders"], gate, f"{confidence:.0%}", confidence)
     rules = [verdict for rule in GATE_RULES for verdict in rule(g)]
     failed = [r["rule"] for r in rules if not r["passed"]]
     passed = not failed

@@ -115,8 +115,12 @@ def groundedness(parsed: ParsedOutput, contexts: Sequence[dict[str, Any]]) -> fl
 # --------------------------------------------------------------------------- the bootstrap
 
 
+# Metrics where a rise is a regression; every other metric is better higher.
+LOWER_IS_BETTER = frozenset({"false_refusal"})
+
+
 def paired_bootstrap(candidate: Sequence[float | None], other: Sequence[float | None], *, resamples: int,
-                     seed: int, confidence: float = 0.95) -> dict[str, Any]:
+                     seed: int, confidence: float = 0.95, higher_is_better: bool = True) -> dict[str, Any]:
     """Mean of the per-example deltas candidate - other, with a percentile bootstrap
     interval. Pairs where either side is None (the metric does not apply) are dropped; the
     same seed gives the same interval."""
@@ -129,7 +133,8 @@ def paired_bootstrap(candidate: Sequence[float | None], other: Sequence[float | 
         return {"n": 0, "delta": None, "low": None, "high": None, "conclusion": "no paired examples"}
     low, high = bootstrap_interval(deltas, resamples=resamples, seed=seed, confidence=confidence)
     delta = float(deltas.mean())
-    return {"n": n, "delta": delta, "low": low, "high": high, "conclusion": conclusion(delta, low, high, n, confidence)}
+    return {"n": n, "delta": delta, "low": low, "high": high, "conclusion": conclusion(delta, low, high, n, confidence,
+                                                                                 higher_is_better)}
 
 
 def bootstrap_interval(values: np.ndarray, *, resamples: int, seed: int, confidence: float) -> tuple[float, float]:
@@ -146,12 +151,16 @@ def bootstrap_interval(values: np.ndarray, *, resamples: int, seed: int, confide
     return float(low), float(high)
 
 
-def conclusion(delta: float, low: float, high: float, n: int, confidence: float) -> str:
+def conclusion(delta: float, low: float, high: float, n: int, confidence: float,
+               higher_is_better: bool = True) -> str:
+    """What the interval of candidate - other says; `higher_is_better` False (a false-refusal
+    rate) makes a rise the worse outcome."""
     level = f"{confidence:.0%}"
+    rose, fell = ("better", "worse") if higher_is_better else ("worse", "better")
     if low > 0:
-        return f"better: the {level} interval [{low:+.3f}, {high:+.3f}] excludes zero (n={n})"
+        return f"{rose}: the {level} interval [{low:+.3f}, {high:+.3f}] excludes zero (n={n})"
     if high < 0:
-        return f"worse: the {level} interval [{low:+.3f}, {high:+.3f}] excludes zero (n={n})"
+        return f"{fell}: the {level} interval [{low:+.3f}, {high:+.3f}] excludes zero (n={n})"
     if low == high == 0:
         return f"identical on all {n} examples"
     return (f"inconclusive: the {level} interval [{low:+.3f}, {high:+.3f}] spans zero, too wide at n={n} "

@@ -88,11 +88,12 @@ def _header(report: dict[str, Any]) -> list[str]:
 
 def _contenders(report: dict[str, Any]) -> list[str]:
     out = ["<h2>Contenders</h2><table><tr><th>name</th><th>model</th><th>backend</th><th>prompt</th>"
-           "<th>run</th><th>registry version</th></tr>"]
+           "<th>run</th><th>registry version</th><th>dtype</th></tr>"]
     for name, c in report["contenders"].items():
         out.append(f"<tr><td><span class='sw' style='background:{COLOURS.get(name, '#555')}'></span>{_e(name)}</td>"
                    f"<td>{_e(c['model'])}</td><td>{_e(c['backend'])}</td><td>{_e(c['prompt'])}</td>"
-                   f"<td>{_e(c['run_id'] or '-')}</td><td>{_e(c['registry_version'] or '-')}</td></tr>")
+                   f"<td>{_e(c['run_id'] or '-')}</td><td>{_e(c['registry_version'] or '-')}</td>"
+                   f"<td>{_e(c.get('dtype') or '-')}</td></tr>")
     return [*out, "</table>"]
 
 

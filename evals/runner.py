@@ -13,7 +13,8 @@ Read top to bottom, the recipe is:
 3. Identity: the eval id hashes the contenders, the suites' contents and scoring versions,
    the gate's version and the config; an eval that already exists is not run again.
 4. Generation: every prompt goes through the one template; outputs are cached on disk by
-   (model, prompt, decoding settings), so a re-run only generates what is new.
+   (model, prompt, decoding settings), each batch (hf) or request (openai) committed as it
+   ends, so a re-run, even after a kill, only generates what is new.
 5. Scoring (evals/scorers.py): per example (exact match, F1, refusals, citations, format,
    groundedness, instruction checks, numeric answers), then per suite and per failure label.
 6. Comparison: paired per-example deltas, candidate minus baseline and minus champion, with
@@ -39,7 +40,7 @@ import orjson
 from evals import metrics as M
 from evals.context_split import context_split
 from evals.gate import GATE_VERSION, decide
-from evals.providers import GenerationCache, HFModel, OpenAIModel, ProviderError
+from evals.providers import GenerationCache, HFModel, OpenAIModel, ProviderError, resolve_dtype
 from evals.scorers import Scores, score
 from evals.suites import Suite, SuiteError, load_suites, suite_versions
 from evals.suites import split_item as _ideal_to_item  # noqa: F401  (scripts/bench_eval.py imports it from here)
@@ -155,8 +156,8 @@ def _model_for(contender: Contender, config: PipelineConfig) -> tuple[Any, dict[
     """The contender's model, and the decoding settings its cached generations are keyed by."""
     decoding: dict[str, Any] = {"greedy": True, "max_new_tokens": config.eval.max_new_tokens}
     if contender.backend == "hf":
-        decoding["dtype"] = config.eval.hf.dtype
-        return HFModel(config.model.base, contender.adapter, config.eval.hf.dtype), decoding
+        decoding["dtype"] = resolve_dtype(config.eval.hf.dtype)  # the same for every hf contender
+        return HFModel(config.model.base, contender.adapter, decoding["dtype"]), decoding
     o = config.eval.openai
     return OpenAIModel(contender.model, base_url=contender.base_url, api_key_env=o.api_key_env,
                        concurrency=o.concurrency, timeout_s=o.timeout_s, max_retries=o.max_retries), decoding
@@ -178,24 +179,37 @@ def generate(contender: Contender, suites: list[Suite], config: PipelineConfig, 
     missing_unique = list({keys[i]: i for i in missing}.values())  # the same prompt twice: generate once
     if missing_unique:
         progress.start(f"{contender.name}: generate", len(missing_unique))
+        # hf plans its batches over every prompt (cached ones included: see HFModel.generate).
+        planned = list({k: i for i, k in enumerate(keys)}.values()) if contender.backend == "hf" else missing_unique
+
+        def commit(done: list[tuple[int, Any]]) -> None:
+            # Each batch (hf) or request (openai) is in the cache as soon as it ends: a crash,
+            # Ctrl-C or a scheduler's kill loses at most the batches in flight.
+            cache.put_many(model.key, [(keys[planned[j]], g) for j, g in done])
+
         try:
-            todo = [prompts[i] for i in missing_unique]
+            todo = [prompts[i] for i in planned]
             if contender.backend == "hf":
                 new = model.generate(todo, batch_size=config.eval.hf.batch_size,
-                                     max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance)
+                                     max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance,
+                                     on_results=commit, cached=[j for j, i in enumerate(planned) if keys[i] in found])
             else:
-                new = model.generate(todo, max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance)
+                new = model.generate(todo, max_new_tokens=config.eval.max_new_tokens, on_done=progress.advance,
+                                     on_results=commit)
         finally:
             progress.stop()
-        cache.put_many(model.key, [(keys[i], g) for i, g in zip(missing_unique, new)])
-        found.update({keys[i]: g for i, g in zip(missing_unique, new)})
+        fresh = [i for i in planned if keys[i] not in found]  # what `new` answers, in order
+        found.update({keys[i]: g for i, g in zip(fresh, new)})
     out: dict[str, list[Any]] = {}
-    position = 0
+    by_suite: dict[str, dict[str, int]] = {}
+    position, generated = 0, set(missing_unique)
     for suite in suites:
-        out[suite.name] = [found[k] for k in keys[position:position + len(suite.items)]]
+        span = range(position, position + len(suite.items))
+        out[suite.name] = [found[keys[i]] for i in span]
+        by_suite[suite.name] = {"prompts": len(span), "generated": sum(1 for i in span if i in generated)}
         position += len(suite.items)
     return out, {"model_key": model.key, "prompts": len(keys), "cached": len(keys) - len(missing),
-                 "generated": len(missing_unique)}
+                 "generated": len(missing_unique), "suites": by_suite}
 
 
 # --------------------------------------------------------------------------- 5-6. scoring and comparison
@@ -286,6 +300,7 @@ def eval_key_payload(config: PipelineConfig, inputs: EvalInputs) -> dict[str, An
         "suites": {s.name: s.sha256 for s in inputs.suites}, "shots": inputs.baseline_prompt["few_shot_ids"],
         "config": config.section_hash("eval", "prompt", "output"),
         "base": base_model_id(config.model.base) if run.get("backend") != "openai" else None,
+        "dtype": resolve_dtype(config.eval.hf.dtype),  # "auto" resolves per machine
         "code": code_version(__name__),
         # evals/ is not part of the stages' code version (an edit there must not retrain); how
         # each suite is scored and the gate judges is versioned instead: a bump makes old evals stale.
@@ -319,6 +334,8 @@ def generate_all(config: PipelineConfig, inputs: EvalInputs, progress: Progress,
             stats = cache_stats[contender.name]
             log(f"  {contender.name}: {stats['generated']} generated, {stats['cached']} from the cache "
                 f"({timings[f'generate_{contender.name}_s']:.1f}s)")
+            for name, n in stats["suites"].items():
+                log(f"    {contender.name}/{name}: {n['prompts']} prompts, {n['generated']} generated")
     finally:
         cache.close()
     return generations, cache_stats, timings
@@ -348,7 +365,8 @@ def suite_entry(suite: Suite, config: PipelineConfig, inputs: EvalInputs, genera
         theirs = scores[other.name][suite.name]
         entry["comparisons"][other.name] = {
             name: M.paired_bootstrap([s.get(name) for s in cand], [s.get(name) for s in theirs],
-                                     resamples=e.bootstrap_resamples, seed=e.seed, confidence=e.confidence)
+                                     resamples=e.bootstrap_resamples, seed=e.seed, confidence=e.confidence,
+                                     higher_is_better=name not in M.LOWER_IS_BETTER)
             for name in entry["contenders"]["candidate"]["metrics"]}
     return entry
 
@@ -366,7 +384,9 @@ def build_report(stage: Stage, config: PipelineConfig, inputs: EvalInputs,
                 "method": inputs.run.get("method", "sft")},
         "split": {"id": inputs.split["id"], "path": str(inputs.split_path)},
         "contenders": {c.name: {"model": c.model, "backend": c.backend, "prompt": c.prompt, "run_id": c.run_id,
-                                "registry_version": c.registry_version} for c in inputs.contenders},
+                                "registry_version": c.registry_version,
+                                "dtype": resolve_dtype(e.hf.dtype) if c.backend == "hf" else None}
+                       for c in inputs.contenders},
         "prompts": {"baseline_few_shot_ids": inputs.baseline_prompt["few_shot_ids"]},
         "confidence": e.confidence, "bootstrap_resamples": e.bootstrap_resamples, "seed": e.seed,
         "suites": {s.name: suite_entry(s, config, inputs, generations, scores) for s in inputs.suites},

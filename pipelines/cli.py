@@ -25,6 +25,7 @@ from pipelines.console import (
     console,
     error,
     log_line,
+    quiet_libraries,
     say,
     warn,
 )
@@ -45,6 +46,7 @@ def refit() -> None:
     """refit: turn RAG failure logs into fine-tuned models that are proven better before they
     ship. Stages: curate, split, train, eval, promote; retrain runs them all; status, history
     and rollback look after the registry."""
+    quiet_libraries()
 
 
 # --------------------------------------------------------------------------- config and errors

@@ -115,10 +115,10 @@ class DedupConfig(Strict):
 
 
 class IdkConfig(Strict):
-    # Synthetic "I don't know" examples, as a share of the examples built from records: a
-    # kept example's query paired with retrieved documents that do not contain its answer.
+    # Synthetic "I don't know": a kept example's query with documents that lack its answer.
     synthetic_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description='extra "I don\'t know" examples, as a share of kept examples')
+    max_share: float = Field(0.25, ge=0.0, le=1.0, description='most refusals among RAG examples (all sources)')
 
 
 class GeneralMixConfig(Strict):
@@ -320,8 +320,8 @@ class HFProviderConfig(Strict):
     # Prompts per generate() call; predictions do not depend on it (tested). On a CPU a
     # decoding step costs little more for 32 rows than for 1, so bigger batches pay.
     batch_size: int = Field(32, ge=1, description="prompts per generate call; predictions do not depend on it")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="float32 keeps greedy decoding reproducible across machines and batch sizes")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CPUs with AVX512-BF16 or AMX, else float32; both contenders alike")
 
 
 class OpenAIProviderConfig(Strict):
@@ -376,7 +376,9 @@ class GateConfig(Strict):
         0.02, ge=0, description="rule 2: the candidate may trail the champion's mean by at most this")
     guard_suites: list[str] = Field(["regression", "instruction_following", "arithmetic", "refusal"], description=(
         "rule 3: suites guarded against the base model"))
-    guard_margin: float = Field(0.05, ge=0, description="rule 3: the most the candidate may lose on a guard suite")
+    guard_margin: float = Field(0.05, ge=0, description="the most the candidate may lose on a guard or HasAns F1")
+    max_false_refusal_rise: float = Field(0.05, ge=0, le=1, description=(
+        "the most the candidate's false-refusal rate on answerable items may exceed the baseline's"))
     format_floor: float = Field(
         0.9, ge=0, le=1, description="rule 4: share of the candidate's answers in the pipeline's format")
 

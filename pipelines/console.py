@@ -7,7 +7,9 @@ plain line now and then instead, so a log file stays readable.
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +18,19 @@ from rich.text import Text
 
 console = Console(stderr=True)  # progress and diagnostics; results go to stdout
 out = Console(highlight=False, soft_wrap=True)
+
+
+def quiet_libraries() -> None:
+    """Keep library noise out of refit's output: transformers' FutureWarnings (a deprecation
+    refit cannot act on), its "Loading weights" bars and the GGUF conversion's tqdm bar.
+    refit shows its own progress. Called before any stage imports those libraries: tqdm and
+    transformers read these variables when first imported."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm.auto bars (the GGUF conversion)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' own bars
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 def say(text: str) -> None:
@@ -96,25 +111,36 @@ class RateProgress(ProgressView):
 
 class TrainProgress(ProgressView):
     """train (LoRA): a bar over optimizer steps, with the latest loss and tokens/s; off a
-    terminal, a line per validation loss."""
+    terminal, a line every tenth of the steps (step, loss, tokens/s) and per validation loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total, self.done, self.tenth = 1, 0, 0
 
     def start(self, total: int, done: int) -> None:
         self.open_bar("train", total, TextColumn("step {task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[rate]} tok/s"),
                       completed=done, loss="-", val="-", rate="-")
+        self.total, self.done, self.tenth = max(total, 1), done, int(10 * done / max(total, 1))
 
     def step(self, done: int) -> None:
         self.update(completed=done)
+        self.done = done
 
     def log(self, logs: dict[str, float]) -> None:
         fields = {}
+        step = int(logs.get("step", self.done))
         if "loss" in logs:
             fields["loss"] = f"{logs['loss']:.3f}"
+            rate = f", {logs['tokens_per_second']:,.0f} tokens/s" if "tokens_per_second" in logs else ""
+            if int(10 * step / self.total) > self.tenth:
+                self.tenth = int(10 * step / self.total)
+                self.line(f"  step {step}/{self.total} ({step / self.total:.0%}): loss {logs['loss']:.4f}{rate}")
         if "tokens_per_second" in logs:
             fields["rate"] = f"{logs['tokens_per_second']:,.0f}"
         if "eval_loss" in logs:
             fields["val"] = f"{logs['eval_loss']:.3f}"
-            self.line(f"  step {logs.get('step', '')}: validation loss {logs['eval_loss']:.4f}")
+            self.line(f"  step {step}/{self.total}: validation loss {logs['eval_loss']:.4f}")
         self.update(**fields)
 
 

@@ -42,6 +42,7 @@ from pipelines.clock import Clock
 from pipelines.config import CurateConfig, PipelineConfig
 from pipelines.curate_html import render_html, retrieval_markdown
 from pipelines.curate_report import Backlog, decide, render_report
+from pipelines.idk_share import bound_idk, share_summary
 from pipelines.minhash import MinHasher, clusters, text_fingerprint
 from pipelines.preferences import PAIR_KEY, PreferenceFile, rejected_side
 from pipelines.preferences import render_lines as preference_lines
@@ -222,7 +223,7 @@ class Candidates:
         self.pending: list[dict[str, Any]] = []
         self.ranks: list[int] = []
         self.labels: list[str] = []
-        self.from_record: list[bool] = []
+        self.from_record, self.refusals = [], []  # from a record? its ideal answer a refusal? (list[bool] each)
         self.fingerprints: list[int] = []
         self.band_chunks: list[np.ndarray] = []
         self.is_rep = np.zeros(0, dtype=bool)  # after dedup: the copy each cluster keeps
@@ -255,6 +256,7 @@ class Candidates:
                 self.ranks.append(c.pop("_rank"))
                 self.labels.append(c["label"])
                 self.from_record.append(c.pop("_from_record"))
+                self.refusals.append(c.pop("_refusal"))
                 self.fingerprints.append(text_fingerprint(text))
                 self.spool.write(orjson.dumps(c) + b"\n")
         self.pending.clear()
@@ -439,7 +441,7 @@ class CurateRun:
             "line": where[1],
             PAIR_KEY: self.preferences.carry(rejected_side(source, record.response, self.scrub)),
             "_rank": SOURCE_RANK.get((source, r.label_source), 0),
-            "_from_record": source != "idk_from_hallucination",
+            "_from_record": source != "idk_from_hallucination", "_refusal": answer.refusal,
         })
 
     # ----------------------------------------------------------------- 3-4. dedup
@@ -463,11 +465,11 @@ class CurateRun:
         self.preferences.close()
 
     def _write_kept(self) -> list[dict[str, Any]]:
-        """Write the kept candidates; return the synthetic IDK examples made from a seeded
-        share of them."""
+        """Write the kept candidates; return the synthetic IDK examples made from a seeded share."""
         eligible = [i for i in range(len(self.candidates.ranks))
                     if self.candidates.is_rep[i] and self.candidates.from_record[i]]
-        n_synthetic = round(self.cfg.idk.synthetic_fraction * len(eligible))
+        self.idk_plan = bound_idk(self.candidates, round(self.cfg.idk.synthetic_fraction * len(eligible)), self.cfg)
+        n_synthetic = self.idk_plan.synthetic
         sources = set(self.rng.sample(eligible, min(n_synthetic, len(eligible)))) if self.context_pool else set()
         synthetic: list[dict[str, Any]] = []
         for i, example, from_record in self.candidates.kept():
@@ -522,6 +524,7 @@ class CurateRun:
             "examples_by_label": dict(sorted(self.examples.by_label.items())),
             "examples_by_source": dict(sorted(self.examples.by_source.items())),
             "preferences": self.preferences.manifest(),
+            "idk_share": share_summary(self.idk_plan, self.examples.by_source),
             "tokens": {
                 "max_seq_tokens": self.config.model.max_seq_tokens,
                 "min": int(lengths.min()), "median": int(np.median(lengths)),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.answers import STOPWORDS
 from pipelines.answers import words as answer_words
+from pipelines.idk_share import share_lines
 from pipelines.rag_health import nearest_topic
 from pipelines.routing import BEHAVIOUR_LABELS, HALLUCINATION, KNOWLEDGE_LABELS, Route
 from pipelines.scrub import without_placeholders
@@ -152,6 +153,7 @@ def render_report(m: dict[str, Any], backlog_entries: list[dict[str, Any]]) -> s
                 + ", ".join(f"`{k}` ({v})" for k, v in m["unknown_labels"].items()), ""]
     out += ["## Filtered, by reason", "", _table(["reason", "records"], [[k, v] for k, v in c["filtered"].items()]) if c["filtered"] else "None.", ""]
     out += ["## Added examples", "", _table(["source", "examples"], [[k, v] for k, v in c["added"].items()]) if c["added"] else "None.", ""]
+    out += share_lines(m["idk_share"]) if "idk_share" in m else []
     if c["added_dropped"]:
         out += ["Derived examples dropped: " + ", ".join(f"{k} {v}" for k, v in c["added_dropped"].items()), ""]
     out += ["## Scrubbed PII and secrets", "", "Counts of replacements by type; values are never recorded.", "",

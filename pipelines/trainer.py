@@ -268,7 +268,7 @@ class ProgressBar(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         if state.is_world_process_zero and logs:
-            self.progress.log(logs)
+            self.progress.log({**logs, "step": state.global_step})  # the validation logs carry no step
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.progress.stop()

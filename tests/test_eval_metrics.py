@@ -192,11 +192,14 @@ def passing_report():
         return {"n": 100, "primary_metric": primary, "contenders": {"candidate": {"metrics": metrics}},
                 "comparisons": comparisons}
 
+    validation = suite("f1", {"baseline": {"f1": cmp(0.2, 0.1, 0.3), "f1_has_answer": cmp(0.1, 0.0, 0.2)},
+                              "champion": {"f1": cmp(0.01, -0.02, 0.04)}}, format_valid=0.97)
+    validation["contenders"]["candidate"]["metrics"]["false_refusal"] = {"mean": 0.08, "n": 60, "low": 0.0, "high": 0.2}
+    validation["contenders"]["baseline"] = {"metrics": {"false_refusal": {"mean": 0.06, "n": 60, "low": 0.0, "high": 0.2}}}
     return {
         "contenders": {"candidate": {}, "baseline": {}, "champion": {}},
         "suites": {
-            "validation": suite("f1", {"baseline": {"f1": cmp(0.2, 0.1, 0.3)}, "champion": {"f1": cmp(0.01, -0.02, 0.04)}},
-                                format_valid=0.97),
+            "validation": validation,
             "regression": suite("f1", {"baseline": {"f1": cmp(0.1, 0.0, 0.2)}}),
             "instruction_following": suite("accuracy", {"baseline": {"accuracy": cmp(-0.02, -0.08, 0.04)}}),
             "arithmetic": suite("accuracy", {"baseline": {"accuracy": cmp(0.0, -0.03, 0.03)}}),
@@ -214,7 +217,8 @@ def test_gate_passes_when_every_rule_holds():
     verdict, by_rule = rules(passing_report())
     assert verdict["passed"] and all(by_rule.values())
     assert set(by_rule) == {"beats_baseline", "holds_against_champion", "format_floor", "guard:regression",
-                            "guard:instruction_following", "guard:arithmetic", "guard:refusal"}
+                            "guard:instruction_following", "guard:arithmetic", "guard:refusal", "not_over_refusing",
+                            "answers_hold"}
 
 
 @pytest.mark.parametrize("mutate, failing", [
@@ -227,6 +231,10 @@ def test_gate_passes_when_every_rule_holds():
     (lambda r: r["suites"].pop("refusal"), "guard:refusal"),  # a guard that did not run fails
     (lambda r: r["suites"]["validation"]["contenders"]["candidate"]["metrics"]["format_valid"].update(mean=0.85),
      "format_floor"),
+    (lambda r: r["suites"]["validation"]["contenders"]["candidate"]["metrics"]["false_refusal"].update(mean=0.12),
+     "not_over_refusing"),
+    (lambda r: r["suites"]["validation"]["comparisons"]["baseline"].update(f1_has_answer=cmp(-0.06, -0.1, -0.02)),
+     "answers_hold"),
 ])
 def test_each_gate_rule_fails_when_it_should(mutate, failing):
     report = copy.deepcopy(passing_report())
