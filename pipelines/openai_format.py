@@ -9,6 +9,7 @@ such an upload the way the real service does).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ def example_errors(example: Any) -> list[str]:
     return list(dict.fromkeys(errors))
 
 
-def check_lines(lines: list[bytes]) -> FormatReport:
+def check_lines(lines: list[bytes], example_check: Callable[[Any], list[str]] | None = None) -> FormatReport:
+    """Check each JSONL line with `example_check` (default: the chat SFT format)."""
     report = FormatReport()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -88,13 +90,13 @@ def check_lines(lines: list[bytes]) -> FormatReport:
         try:
             example = orjson.loads(line)
         except orjson.JSONDecodeError:
-            errors = ["invalid_json"]
+            example, errors = None, ["invalid_json"]
         else:
-            errors = example_errors(example)
-            if not errors:
-                roles = {m.get("role") for m in example["messages"]}
-                report.missing_system += "system" not in roles
-                report.missing_user += "user" not in roles
+            errors = (example_check or example_errors)(example)
+        if example_check is None and not errors:
+            roles = {m.get("role") for m in example["messages"]}
+            report.missing_system += "system" not in roles
+            report.missing_user += "user" not in roles
         for check in errors:
             report.errors[check] += 1
             report.first_error.setdefault(check, number)
@@ -196,19 +198,7 @@ def dpo_example_errors(example: Any) -> list[str]:
 
 
 def check_dpo_lines(lines: list[bytes]) -> FormatReport:
-    report = FormatReport()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        report.examples += 1
-        try:
-            errors = dpo_example_errors(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            errors = ["invalid_json"]
-        for check in errors:
-            report.errors[check] += 1
-            report.first_error.setdefault(check, number)
-    return report
+    return check_lines(lines, dpo_example_errors)
 
 
 def require_valid_dpo(path: Path) -> FormatReport:
