@@ -115,13 +115,14 @@ class TrainProgress(ProgressView):
 
     def __init__(self) -> None:
         super().__init__()
-        self.total, self.done, self.tenth = 1, 0, 0
+        self.total, self.done, self.tenth, self.started = 1, 0, 0, False
 
     def start(self, total: int, done: int) -> None:
         self.open_bar("train", total, TextColumn("step {task.completed}/{task.total}"),
                       TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[rate]} tok/s"),
                       completed=done, loss="-", val="-", rate="-")
         self.total, self.done, self.tenth = max(total, 1), done, int(10 * done / max(total, 1))
+        self.started = True
 
     def step(self, done: int) -> None:
         self.update(completed=done)
@@ -140,7 +141,9 @@ class TrainProgress(ProgressView):
             fields["rate"] = f"{logs['tokens_per_second']:,.0f}"
         if "eval_loss" in logs:
             fields["val"] = f"{logs['eval_loss']:.3f}"
-            self.line(f"  step {step}/{self.total}: validation loss {logs['eval_loss']:.4f}")
+            # The base model is measured before training starts, when the step count is not known yet.
+            where = f"step {step}/{self.total}" if self.started else "base model"
+            self.line(f"  {where}: validation loss {logs['eval_loss']:.4f}")
         self.update(**fields)
 
 

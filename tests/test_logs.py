@@ -33,6 +33,8 @@ def test_train_and_eval_logs_off_a_terminal(workspace, tiny_model_dir):
     train = run_cli(workspace.root, "train", "--config", str(cfg))
     steps = [int(s) for s in re.findall(r"^  step (\d+)/20 \(\d+%\): loss \d+\.\d+, [\d,]+ tokens/s$", train, re.M)]
     assert steps == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20], train
+    assert re.search(r"^  base model: validation loss \d+\.\d+$", train, re.M), train  # before step 1
+    assert "/1: validation loss" not in train, train
     assert re.search(r"^  step 10/20: validation loss \d+\.\d+$", train, re.M), train
     assert re.search(r"^  step 20/20: validation loss \d+\.\d+$", train, re.M), train
 
