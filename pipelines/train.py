@@ -185,7 +185,6 @@ class Prepared:
 
 def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callbacks: list[Any]) -> Prepared:
     """Steps 2-4 up to the first optimizer step: data, model, LoRA, SFTTrainer, mask check."""
-    import torch
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
@@ -193,21 +192,17 @@ def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callback
 
     hf_logging.disable_progress_bar()  # no per-file "Loading weights" bars in a stage's output
     cfg = config.train
-    torch.manual_seed(cfg.seed)
-    precision = sft.choose_precision(config)
-    batching, attention = sft.choose_batching(config)
+    base = sft.set_up_base(config, str(local_model_dir(config.model.base, with_weights=True)))
     train_set, validation_set = load_sets(split_path, config)
-    tokenizer, model = sft.load_base_model(str(local_model_dir(config.model.base, with_weights=True)), attention)
-    n_layers = model.config.num_hidden_layers
-    lora, layers = sft.lora_config(cfg.lora, n_layers)
     max_steps, evaluate_each = sft.plan_steps(cfg, len(train_set), PartialState().num_processes)
-    args = sft.training_arguments(cfg, str(work), max_steps, evaluate_each, precision, batching)
-    trainer = sft.RefitSFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=validation_set,
-                                  processing_class=tokenizer, peft_config=lora, precision=precision,
+    args = sft.training_arguments(cfg, str(work), max_steps, evaluate_each, base.precision, base.batching)
+    trainer = sft.RefitSFTTrainer(model=base.model, args=args, train_dataset=train_set, eval_dataset=validation_set,
+                                  processing_class=base.tokenizer, peft_config=base.lora, precision=base.precision,
                                   callbacks=list(callbacks) + sft.early_stopping(cfg))
     mask = {"train": check_label_mask(trainer.train_dataset, "train"),
             "validation": check_label_mask(trainer.eval_dataset, "validation")}
-    return Prepared(trainer, tokenizer, precision, batching, attention, layers, n_layers, max_steps, mask)
+    return Prepared(trainer, base.tokenizer, base.precision, base.batching, base.attention, base.layers,
+                    base.n_layers, max_steps, mask)
 
 
 # --------------------------------------------------------------------------- the recipe

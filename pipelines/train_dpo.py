@@ -74,7 +74,6 @@ def sft_phase(config: PipelineConfig, split_path: Path, work: WorkFolder, callba
 
 def build_dpo_trainer(config: PipelineConfig, split_path: Path, work: WorkFolder, callbacks: list[Any]) -> Prepared:
     """Data, model (with the SFT adapter for sft+dpo), DPOTrainer, up to the first step."""
-    import torch
     from accelerate import PartialState
     from transformers.utils import logging as hf_logging
 
@@ -83,14 +82,10 @@ def build_dpo_trainer(config: PipelineConfig, split_path: Path, work: WorkFolder
     hf_logging.disable_progress_bar()
     cfg = config.train
     sft_done = sft_phase(config, split_path, work, callbacks) if cfg.method == "sft+dpo" else None
-    torch.manual_seed(cfg.seed)
-    precision = sft.choose_precision(config)
-    _, attention = sft.choose_batching(config)
+    base = sft.set_up_base(config, str(local_model_dir(config.model.base, with_weights=True)))
+    precision, attention, tokenizer, model = base.precision, base.attention, base.tokenizer, base.model
     train_set, validation_set = load_pairs(split_path, config)
-    tokenizer, model = sft.load_base_model(str(local_model_dir(config.model.base, with_weights=True)), attention)
-    n_layers = model.config.num_hidden_layers
-    lora, layers = sft.lora_config(cfg.lora, n_layers)
-    peft_config: Any = lora
+    peft_config: Any = base.lora
     if sft_done is not None:
         from peft import PeftModel
 
@@ -104,7 +99,7 @@ def build_dpo_trainer(config: PipelineConfig, split_path: Path, work: WorkFolder
                                   processing_class=tokenizer, peft_config=peft_config, precision=precision,
                                   callbacks=list(callbacks) + sft.early_stopping(cfg))
     mask = {"train": completion_counts(trainer.train_dataset), "validation": completion_counts(trainer.eval_dataset)}
-    prepared = Prepared(trainer, tokenizer, precision, "padded", attention, layers, n_layers, max_steps, mask)
+    prepared = Prepared(trainer, tokenizer, precision, "padded", attention, base.layers, base.n_layers, max_steps, mask)
     prepared.method, prepared.sft_phase = cfg.method, sft_done
     return prepared
 

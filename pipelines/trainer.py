@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,6 +70,31 @@ def lora_config(lora: LoraSettings, n_layers: int) -> tuple[LoraConfig, list[int
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=list(lora.target_modules), layers_to_transform=layers,
                       bias="none", task_type="CAUSAL_LM"), layers
+
+
+@dataclass
+class BaseSetup:
+    """What both training methods start from."""
+
+    precision: str
+    batching: str
+    attention: str
+    tokenizer: Any
+    model: Any
+    lora: LoraConfig
+    layers: list[int] | None
+    n_layers: int
+
+
+def set_up_base(config: PipelineConfig, model_dir: str) -> BaseSetup:
+    """The seed, the precision and batching, the base model in fp32 and its LoRA config."""
+    torch.manual_seed(config.train.seed)
+    precision = choose_precision(config)
+    batching, attention = choose_batching(config)
+    tokenizer, model = load_base_model(model_dir, attention)
+    n_layers = model.config.num_hidden_layers
+    lora, layers = lora_config(config.train.lora, n_layers)
+    return BaseSetup(precision, batching, attention, tokenizer, model, lora, layers, n_layers)
 
 
 def plan_steps(cfg: TrainConfig, n_examples: int, world: int) -> tuple[int, int]:
