@@ -67,6 +67,18 @@ class Accounting:
     def drop_added(self, reason: str) -> None:
         self.added_dropped[reason] += 1
 
+    def merge(self, other: Accounting) -> None:
+        """Add another part of the same run's accounting (a shard read elsewhere)."""
+        self.lines.update(other.lines)
+        self.filtered.update(other.filtered)
+        self.quarantine_reasons.update(other.quarantine_reasons)
+        self.added.update(other.added)
+        self.added_dropped.update(other.added_dropped)
+        for label, where in other.labels.items():
+            self.labels[label].update(where)
+        self.candidates += other.candidates
+        self.decided += other.decided
+
     @property
     def kept(self) -> int:
         return self.lines["kept"]

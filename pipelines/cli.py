@@ -111,10 +111,11 @@ def curate(
 ) -> None:
     """Read RAG logs; route, scrub, dedupe and write training examples + a RAG backlog."""
     from pipelines.curate import curate as run_curate
+    from pipelines.curate_engine import EngineError
 
     cfg = _load(config, _overrides(set_, {"curate.inputs": list(input or [])}))
     progress = RateProgress("curate")
-    with _stage_errors(InputError, FileNotFoundError, progress=progress):
+    with _stage_errors(InputError, FileNotFoundError, EngineError, progress=progress):
         result = run_curate(cfg, force=force, progress=progress)
     _show_curated(result)
     say(f"Next:     make split   (or: refit split --config {config})")

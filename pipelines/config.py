@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.config_dpo import DpoSettings
+from pipelines.config_scale import RUN_ONLY_KEYS, CurateScale
 from pipelines.routing import TAXONOMY_LABELS
 from pipelines.scrub_config import ScrubConfig
 
@@ -135,7 +136,7 @@ class DecisionConfig(Strict):
         "a retrieval miss rate whose lower bound is above this puts retrieval work in the verdict"))
 
 
-class CurateConfig(Strict):
+class CurateConfig(CurateScale):  # workers, engine, ...: pipelines/config_scale.py
     inputs: list[str] = Field(
         ["datasets/samples/logs"], description="JSONL / .jsonl.gz files, folders (recursive) or globs")
     output_dir: str = Field("datasets/curated", description="where curated datasets land (one folder per id)")
@@ -465,8 +466,9 @@ class PipelineConfig(Strict):
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections, so each stage re-runs only when what it
-        depends on changed."""
-        data = {name: getattr(self, name).model_dump(mode="json") for name in sections}
+        depends on changed (how it runs, RUN_ONLY_KEYS, changes nothing)."""
+        data = {name: getattr(self, name).model_dump(mode="json", exclude=RUN_ONLY_KEYS.get(name))
+                for name in sections}
         return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

@@ -4,21 +4,26 @@
 
 1. Resolve the inputs and hash them with the config (`Inputs`, `Stage`); an existing
    dataset with the same id means there is nothing to do.
-2. Stream every line once (`CurateRun.read_pass`). A line that is not a valid record goes
-   to `quarantine.jsonl` with its file, line number and reason (pipelines/records.py). A
-   valid record is routed by the failure taxonomy (pipelines/routing.py): knowledge
-   failures become RAG backlog entries, never training data; behaviour failures with a
-   reviewer's ideal answer become training candidates; an unlabelled failure is labelled by
-   rules first. Text is scrubbed of PII and secrets the moment it is read, so nothing
-   downstream ever holds a raw value.
-3. Candidates are spooled to disk in batches while their token lengths and MinHash band keys
-   are computed, so memory holds a few integers per candidate, never the text (`Candidates`).
+2. Cut the inputs into shards at line boundaries and read each once, on every core
+   (`curate.workers`) or a Ray cluster (`curate.engine`; pipelines/curate_engine.py). A
+   line that is not a valid record goes to `quarantine.jsonl` with its file, line number
+   and reason (pipelines/records.py). A valid record is routed by the failure taxonomy
+   (pipelines/routing.py): knowledge failures become RAG backlog entries, never training
+   data; behaviour failures with a reviewer's ideal answer become training candidates; an
+   unlabelled failure is labelled by rules first. Text is scrubbed of PII and secrets the
+   moment it is read, so nothing downstream ever holds a raw value (pipelines/curate_shard.py).
+3. Shard results are merged in input order (`CurateRun.merge`): candidates stay spooled on
+   disk, memory holds a few integers per candidate (token length, MinHash band keys), never
+   the text (`Candidates`).
 4. Near-duplicate clusters are found from the band keys; each keeps its best-ranked copy.
 5. The kept candidates are written as examples, with synthetic "I don't know" examples and a
    share of general instructions added.
 6. The backlog, quarantine, report.md, report.html (with the retrieval health of every valid
    record, pipelines/rag_health.py) and manifest are written, and the folder is swapped into
    place. Every input line is in exactly one of kept, quarantined, backlog or filtered.
+
+However many workers or shards, the outputs are byte-identical (only the manifest's
+`timings`, `run` and `created_at` describe the run).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import heapq
 import random
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,22 +44,24 @@ import numpy as np
 import orjson
 
 from pipelines.accounting import Accounting
-from pipelines.answers import Answer, AnswerContract
+from pipelines.answers import AnswerContract
 from pipelines.clock import Clock
 from pipelines.config import CurateConfig, PipelineConfig
+from pipelines.console import warn
+from pipelines.curate_engine import plan_shards, run_shards, worker_count
 from pipelines.curate_html import render_html, retrieval_markdown
 from pipelines.curate_report import Backlog, decide, render_report
+from pipelines.curate_shard import POOL, ShardResult, TokenCounter
 from pipelines.idk_share import bound_idk, share_summary
-from pipelines.minhash import MinHasher, clusters, text_fingerprint
-from pipelines.preferences import PAIR_KEY, PreferenceFile, rejected_side
+from pipelines.minhash import MinHasher, clusters
+from pipelines.preferences import PAIR_KEY, PreferenceFile
 from pipelines.preferences import render_lines as preference_lines
 from pipelines.rag_health import RagHealth
-from pipelines.records import BadLine, LogRecord, QuarantineFile, RecordReader, parse_line, sample_general
-from pipelines.routing import SOURCE_RANK, Route, normalise_labels, route
+from pipelines.records import sample_general
 from pipelines.scrub import Scrubber
+from pipelines.sources import content_id, is_url, resolve
 from pipelines.stage import Stage
-from pipelines.storage import code_version, dumps, file_sha256, iter_lines, open_log, resolve_inputs, skipped_inputs
-from pipelines.template import render_messages
+from pipelines.storage import code_version, dumps, file_sha256, skipped_inputs
 
 
 @dataclass
@@ -84,11 +93,17 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
     if not force and (done := stage.finished()) is not None:
         return CurateResult(stage.ident, stage.final, done, skipped=True)
     with clock.excluded("tokenizer_s"):  # the first run converts the tokenizer: not curation time
-        tokens = TokenCounter(tokenizer if tokenizer is not None else _load_tokenizer(config), config)
-    progress.start(sum(p.stat().st_size for p in inputs.files))
+        tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(config)
+        tokens = TokenCounter(tokenizer, config)
+    progress.start(sum(inputs.sizes))
     with stage.commit() as tmp:
         run = CurateRun(config, tokens, tmp)
-        run.read_pass(inputs.files, progress)
+        shards = plan_shards(inputs.files, inputs.sizes, config.curate.shard_bytes)
+        with gc_paused():
+            for result in run_shards(config, tokenizer, shards, tmp, sum(inputs.sizes)):
+                run.merge(result)
+                progress.advance(run.done_bytes, run.accounting.lines["read"])
+        run.finish_read()
         clock.lap("read_route_scrub_s")
         run.dedup()
         clock.lap("dedup_s")
@@ -105,29 +120,33 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The log files and the general-instruction file, with their hashes."""
+    """The log files (local paths or URLs) and the general-instruction file, with their
+    content ids (pipelines/sources.py) and sizes."""
 
-    files: list[Path]
-    hashes: list[tuple[str, str]]
+    files: list[str]
+    hashes: list[tuple[str, str, str]]  # (path, kind: sha256 | etag, value)
+    sizes: list[int]
     general_path: Path | None
     general_hash: str | None
 
     @classmethod
     def resolve(cls, cfg: CurateConfig) -> Inputs:
-        files = resolve_inputs(cfg.inputs)
+        files = resolve(cfg.inputs, cfg.storage_options)
         general = Path(cfg.general_mix.path) if cfg.general_mix.path and cfg.general_mix.fraction > 0 else None
         if general is not None and not general.is_file():
             raise FileNotFoundError(f"curate.general_mix.path: {general} does not exist")
-        return cls(files, [(str(p), file_sha256(p)) for p in files], general,
-                   file_sha256(general) if general else None)
+        ids = [content_id(p, cfg.storage_options) for p in files]
+        return cls(files, [(p, kind, value) for p, (kind, value, _) in zip(files, ids)], [n for *_, n in ids],
+                   general, file_sha256(general) if general else None)
 
     def key_payload(self, config: PipelineConfig) -> dict[str, Any]:
         """What the dataset id hashes: the inputs' contents, the config, the code."""
-        return {"inputs": sorted(h for _, h in self.hashes), "general": self.general_hash,
+        return {"inputs": sorted(h if kind == "sha256" else f"{kind}:{h}" for _, kind, h in self.hashes),
+                "general": self.general_hash,
                 "config": config.section_hash("curate", "model", "output", "prompt"), "code": code_version(__name__)}
 
     def manifest_entries(self) -> list[dict[str, Any]]:
-        return [{"path": p, "sha256": h, "bytes": Path(p).stat().st_size} for p, h in self.hashes]
+        return [{"path": p, kind: h, "bytes": n} for (p, kind, h), n in zip(self.hashes, self.sizes)]
 
 
 def _load_tokenizer(config: PipelineConfig) -> Any:
@@ -138,6 +157,9 @@ def _load_tokenizer(config: PipelineConfig) -> Any:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector is paused while shards are read and merged: nothing there
+    makes reference cycles (refcounting frees everything), and its periodic scans of a
+    growing heap cost ~14% of the pass at 400,000 records."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -147,80 +169,18 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-# --------------------------------------------------------------------------- token lengths
-
-
-class TokenCounter:
-    """Token lengths of rendered examples with the base model's tokenizer.
-
-    An example's length is the rendered template's fixed cost plus its pieces. Retrieved
-    documents repeat across logs, so each document's length is cached; only queries and
-    answers are tokenized per example, in batches through the Rust tokenizer."""
-
-    def __init__(self, tokenizer: Any, config: PipelineConfig):
-        self.tokenizer = tokenizer
-        self.backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
-        self._cache: dict[str, int] = {}
-        empty_rag = {"query": "", "contexts": [], "ideal_answer": ""}
-        empty_general = {"kind": "general", "query": "", "ideal_answer": ""}
-        self.rag_overhead = self._template_length(empty_rag, config)
-        self.general_overhead = self._template_length(empty_general, config)
-        one = {"query": "", "contexts": [{"id": "x", "text": ""}], "ideal_answer": ""}
-        self.per_context = max(0, self._template_length(one, config) - self.rag_overhead - self.count(["x"])[0])
-
-    def _template_length(self, example: dict, config: PipelineConfig) -> int:
-        messages = render_messages(example, config.prompt, config.output)
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            return len(ids)
-        return sum(self.count([m["content"]])[0] + 4 for m in messages)
-
-    def count(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        if self.backend is not None:
-            return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=False)]
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-    def context_lengths(self, texts: list[str]) -> list[int]:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            if len(self._cache) > 200_000:
-                self._cache.clear()
-            for text, n in zip(missing, self.count(missing)):
-                self._cache[text] = n
-        return [self._cache[t] for t in texts]
-
-    def lengths(self, examples: list[dict]) -> list[int]:
-        pieces = self.count([e["query"] + "\n" + e["ideal_answer"] for e in examples])
-        out = []
-        for example, n in zip(examples, pieces):
-            contexts = example.get("contexts") or []
-            if example.get("kind") == "general":
-                out.append(self.general_overhead + n)
-                continue
-            ctx = self.context_lengths([c["id"] + "\n" + c["text"] for c in contexts])
-            out.append(self.rag_overhead + n + sum(ctx) + self.per_context * len(contexts))
-        return out
-
-
 # --------------------------------------------------------------------------- candidates & dedup
 
 
 class Candidates:
-    """Training candidates spooled to disk in batches; memory keeps, per candidate, its rank,
-    label, whether it came from a record (and so counts in the accounting) or was derived,
-    its exact-duplicate fingerprint and MinHash band keys."""
+    """Training candidates, merged from the shards in input order: their JSON lines stay in
+    the shards' spool files; memory keeps, per candidate, its rank, label, whether it came
+    from a record (and so counts in the accounting) or was derived, its exact-duplicate
+    fingerprint and MinHash band keys."""
 
-    BATCH = 2048
-
-    def __init__(self, path: Path, tokens: TokenCounter, hasher: MinHasher, max_tokens: int, accounting: Accounting):
-        self.path, self.tokens, self.hasher, self.max_tokens = path, tokens, hasher, max_tokens
-        self.accounting = accounting
-        self.spool: IO[bytes] = open(path, "wb")
-        self.pending: list[dict[str, Any]] = []
+    def __init__(self, bands: int, accounting: Accounting):
+        self.bands, self.accounting = bands, accounting
+        self.spools: list[Path] = []
         self.ranks: list[int] = []
         self.labels: list[str] = []
         self.from_record, self.refusals = [], []  # from a record? its ideal answer a refusal? (list[bool] each)
@@ -228,46 +188,23 @@ class Candidates:
         self.band_chunks: list[np.ndarray] = []
         self.is_rep = np.zeros(0, dtype=bool)  # after dedup: the copy each cluster keeps
         self.fingerprints_arr = np.zeros(0, dtype=np.uint64)
+        self._labels: dict[str, str] = {}  # one string object per label
 
-    def add(self, candidate: dict[str, Any]) -> None:
-        if candidate["_from_record"]:
-            self.accounting.candidate(candidate["label"])
-        self.pending.append(candidate)
-        if len(self.pending) >= self.BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        keep = []
-        for candidate, n in zip(self.pending, self.tokens.lengths(self.pending)):
-            if n > self.max_tokens:
-                if candidate["_from_record"]:
-                    self.accounting.filter_candidate("too_long", candidate["label"])
-                else:
-                    self.accounting.drop_added("too_long")
-                continue
-            candidate["n_tokens"] = n
-            keep.append(candidate)
-        if keep:
-            # Near-duplicate questions are what leak and what repeat a lesson, so the
-            # question alone is shingled: different questions sharing one answer stay.
-            texts = [c["query"] for c in keep]
-            self.band_chunks.append(self.hasher.keys(texts))
-            for c, text in zip(keep, texts):
-                self.ranks.append(c.pop("_rank"))
-                self.labels.append(c["label"])
-                self.from_record.append(c.pop("_from_record"))
-                self.refusals.append(c.pop("_refusal"))
-                self.fingerprints.append(text_fingerprint(text))
-                self.spool.write(orjson.dumps(c) + b"\n")
-        self.pending.clear()
+    def extend(self, result: ShardResult, spool: Path) -> None:
+        self.spools.append(spool)
+        self.ranks += result.ranks
+        self.labels += [self._labels.setdefault(label, label) for label in result.labels]
+        self.from_record += result.from_record
+        self.refusals += result.refusals
+        self.fingerprints += result.fingerprints
+        if len(result.band_keys):
+            self.band_chunks.append(result.band_keys)
 
     def dedup(self) -> None:
         """Near-duplicate clusters; each keeps its best-ranked copy (the newest on ties)."""
-        self.flush()
-        self.spool.close()
         n = len(self.ranks)
         band_keys = (np.concatenate(self.band_chunks) if self.band_chunks
-                     else np.zeros((0, self.hasher.bands), np.uint64))
+                     else np.zeros((0, self.bands), np.uint64))
         self.band_chunks = []
         cluster_of = clusters(band_keys)
         del band_keys
@@ -289,16 +226,18 @@ class Candidates:
 
     def kept(self) -> Iterator[tuple[int, dict[str, Any], bool]]:
         """(index, example with its cluster id, from a record?) of each kept candidate, in
-        input order; the spool is removed after."""
-        with open(self.path, "rb") as spool:
-            for i, line in enumerate(spool):
-                if not self.is_rep[i]:
-                    continue
-                example = orjson.loads(line)
-                example["cluster_id"] = "c-" + hashlib.blake2b(
-                    str(int(self.fingerprints_arr[i])).encode(), digest_size=6).hexdigest()
-                yield i, example, self.from_record[i]
-        self.path.unlink()
+        input order; the spools are removed after."""
+        i = 0
+        for path in self.spools:
+            with open(path, "rb") as spool:
+                for line in spool:
+                    if self.is_rep[i]:
+                        example = orjson.loads(line)
+                        example["cluster_id"] = "c-" + hashlib.blake2b(
+                            str(int(self.fingerprints_arr[i])).encode(), digest_size=6).hexdigest()
+                        yield i, example, self.from_record[i]
+                    i += 1
+            path.unlink()
 
 
 # --------------------------------------------------------------------------- one run
@@ -307,7 +246,7 @@ class Candidates:
 class CurateRun:
     """The state of one curation, written into `tmp` (the folder Stage.commit swaps in)."""
 
-    POOL = 1024  # retrieved-context sets kept (a seeded reservoir) for synthetic IDK examples
+    POOL = POOL  # retrieved-context sets kept (a seeded bottom-k sample) for synthetic IDK examples
 
     def __init__(self, config: PipelineConfig, tokens: TokenCounter, tmp: Path):
         cfg = self.cfg = config.curate
@@ -315,134 +254,61 @@ class CurateRun:
         self.scrubber = Scrubber(cfg.scrub.extra_patterns, cfg.scrub.phone_regions)
         self.scrub = self.scrubber.scrub
         self.rules = AnswerContract(config.output)
-        self.reader = RecordReader(config)
         self.hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.ngram, cfg.dedup.threshold, cfg.dedup.seed)
         self.rng = random.Random(cfg.seed)
         self.accounting = Accounting()
         self.unknown_labels: Counter = Counter()
         self.rule_table: Counter = Counter()
         self.backlog = Backlog()
-        self.health = RagHealth(self.rules, self.scrub_context)  # retrieval metrics over every valid record
-        self.candidates = Candidates(tmp / ".candidates.spool", tokens, self.hasher, config.model.max_seq_tokens,
-                                     self.accounting)
-        self.context_pool: list[list[dict[str, str]]] = []
-        self.pool_seen = 0
-        self._scrubbed_contexts: dict[str, tuple[str, tuple[tuple[str, int], ...]]] = {}
+        self.health = RagHealth(self.rules, self.scrub)  # retrieval metrics over every valid record
+        self.candidates = Candidates(self.hasher.bands, self.accounting)
+        self.pool: list[tuple[int, str, int, list[dict[str, str]]]] = []  # the POOL smallest keys
         self.examples = ExampleFile(tmp / "examples.jsonl")
         self.preferences = PreferenceFile(tmp / "preferences.jsonl")
+        self.quarantine: IO[bytes] = open(tmp / "quarantine.jsonl", "wb")
         self.general_skipped: Counter = Counter()
+        self.notes: list[str] = []
+        self.done_bytes = self.shards = 0
 
-    def scrub_context(self, text: str) -> str:
-        """`scrub` for texts that repeat across logs (documents, ids): each distinct text once."""
-        hit = self._scrubbed_contexts.get(text)
-        if hit is None:
-            if len(self._scrubbed_contexts) > 100_000:
-                self._scrubbed_contexts.clear()
-            hit = self._scrubbed_contexts[text] = self.scrubber.scrub_counted(text)
-        for kind, n in hit[1]:
-            self.scrubber.counts[kind] += n
-        return hit[0]
+    # ----------------------------------------------------------------- 2-3. merge the shards
 
-    # ----------------------------------------------------------------- 2. read, route, scrub
-
-    def read_pass(self, files: list[Path], progress: Progress) -> None:
-        """One streaming pass over every line. The cyclic garbage collector is paused: the
-        loop makes no reference cycles (refcounting frees everything), and its periodic
-        scans of a growing heap cost ~14% of the pass at 400,000 records."""
-        done_bytes = 0
-        with gc_paused(), open(self.tmp / "quarantine.jsonl", "wb") as fh:
-            quarantine = QuarantineFile(fh, self.scrub, self.cfg.quarantine_max_chars)
-            for path in files:
-                reader_fh, raw_fh = open_log(path)
-                with raw_fh, reader_fh:
-                    for line_no, raw, length in iter_lines(reader_fh, self.cfg.max_line_bytes):
-                        read = self.accounting.read()
-                        if read % 4096 == 0:
-                            progress.advance(done_bytes + raw_fh.tell(), read)
-                        try:
-                            record = parse_line(self.reader, raw, length, self.cfg.max_line_bytes,
-                                                f"{path.name}:{line_no}", line_no)
-                        except BadLine as bad:
-                            self.accounting.quarantine(bad.reason)
-                            quarantine.write(path, line_no, bad, length)
-                            continue
-                        self.take(record, (str(path), line_no))
-                done_bytes += path.stat().st_size
-                progress.advance(done_bytes, self.accounting.lines["read"])
-            self.input_notes = quarantine.notes + skipped_inputs(self.cfg.inputs)
-
-    def take(self, record: LogRecord, where: tuple[str, int]) -> None:
-        """Route one valid record: filtered, into the backlog, or a training candidate."""
-        labels = normalise_labels(record.labels, self.cfg.label_aliases, self.unknown_labels, self.scrub)
-        r = route(record, labels, self.rules, self.cfg.keep_positive)
-        self.health.observe(record, r)
-        if r.rule:
-            self.rule_table[f"{r.rule} -> {r.label}"] += 1
-        if r.disposition == "filtered":
-            self.accounting.filter(r.reason or "filtered", r.label)
-            return
-        query = self.scrub(record.query)
-        # Context ids are scrubbed like the answer text that cites them, so a citation still
-        # matches its (scrubbed) id.
-        contexts = [{"id": self.scrub_context(c.id), "text": self.scrub_context(c.text)} for c in record.contexts]
-        self._offer_to_pool(contexts)
-        if r.disposition == "backlog":
-            self.accounting.backlog(r.label)
-            self.backlog.add(record, r, self.scrub_context, self._backlog_sample(record, query, contexts, where))
-            if r.add_idk and r.ideal is not None:
-                self._add_candidate(record, r, "idk_from_hallucination", self.rules.idk(), contexts, query, where)
-            return
-        assert r.ideal is not None
-        source = "keep" if r.label == "positive" else "correction"
-        self._add_candidate(record, r, source, r.ideal, contexts, query, where)
-
-    def _offer_to_pool(self, contexts: list[dict[str, str]]) -> None:
-        if not contexts:
-            return
-        self.pool_seen += 1
-        if len(self.context_pool) < self.POOL:
-            self.context_pool.append(contexts)
+    def merge(self, result: ShardResult) -> None:
+        """Add one shard's result; shards come in input order, so every list keeps input
+        order and every dict first-seen order, whatever the number of shards."""
+        self.accounting.merge(result.accounting)
+        self.unknown_labels.update(result.unknown_labels)
+        self.rule_table.update(result.rule_table)
+        self.scrubber.counts.update(result.scrubbed)
+        self.health.merge(result.health)
+        for event in result.backlog:
+            self.backlog.apply(event)
+        self.pool = heapq.nsmallest(POOL, heapq.merge(self.pool, result.pool, key=_pool_key), key=_pool_key)
+        self.preferences.carried += result.carried
+        self.candidates.extend(result, self._on_disk(result.spool, result.shard.index, "candidates"))
+        quarantine = result.quarantine
+        if isinstance(quarantine, Path):
+            with open(quarantine, "rb") as fh:
+                shutil.copyfileobj(fh, self.quarantine)
+            quarantine.unlink()
         else:
-            slot = self.rng.randrange(self.pool_seen)
-            if slot < self.POOL:
-                self.context_pool[slot] = contexts
+            self.quarantine.write(quarantine)
+        for note in result.notes:
+            warn(note)
+        self.notes += result.notes
+        self.done_bytes += result.shard.size
+        self.shards += 1
 
-    def _backlog_sample(self, record: LogRecord, query: str, contexts: list[dict[str, str]],
-                        where: tuple[str, int]) -> dict[str, Any]:
-        scrub = self.scrub
-        return {
-            "log_id": self.scrub_context(record.log_id),
-            "query": query,
-            "retrieved": [c["id"] for c in contexts],
-            "response": scrub(record.response)[:2000] if record.response else None,
-            "comment": scrub(record.comment) if record.comment else None,
-            "suggested_answer": scrub(record.correction)[:2000] if record.correction else None,
-            "file": where[0],
-            "line": where[1],
-        }
+    def _on_disk(self, data: Path | bytes, index: int, name: str) -> Path:
+        if isinstance(data, Path):
+            return data
+        path = self.tmp / f".shard-{index:06d}.{name}"
+        path.write_bytes(data)
+        return path
 
-    def _add_candidate(self, record: LogRecord, r: Route, source: str, answer: Answer,
-                       contexts: list[dict[str, str]], query: str, where: tuple[str, int]) -> None:
-        self.candidates.add({
-            "id": "ex-" + hashlib.blake2b(f"{source}|{where[0]}|{where[1]}".encode(), digest_size=6).hexdigest(),
-            "kind": "rag",
-            "source": source,
-            "query": query,
-            "contexts": contexts,
-            "ideal_answer": self.scrub(self.rules.canonical(answer)),
-            "label": r.label,
-            "labels": r.labels,
-            "label_source": r.label_source,
-            "rule": r.rule,
-            "log_id": self.scrub_context(record.log_id),
-            "session_id": self.scrub_context(record.session_id) if record.session_id else None,
-            "timestamp": self.scrub(record.timestamp) if record.timestamp else None,
-            "file": where[0],
-            "line": where[1],
-            PAIR_KEY: self.preferences.carry(rejected_side(source, record.response, self.scrub)),
-            "_rank": SOURCE_RANK.get((source, r.label_source), 0),
-            "_from_record": source != "idk_from_hallucination", "_refusal": answer.refusal,
-        })
+    def finish_read(self) -> None:
+        self.quarantine.close()
+        self.context_pool = [contexts for *_, contexts in self.pool]
+        self.input_notes = self.notes + skipped_inputs([p for p in self.cfg.inputs if not is_url(p)])
 
     # ----------------------------------------------------------------- 3-4. dedup
 
@@ -536,6 +402,9 @@ class CurateRun:
                       "clusters": int(self.candidates.is_rep.sum())},
             **self.health.entries(decide(self.accounting.labels, counts, self.cfg.decision), self.cfg.decision),
             "timings": timings,
+            # How it ran: the only keys besides timings and created_at that differ between runs.
+            "run": {"engine": self.cfg.engine, "workers": worker_count(self.cfg) if self.cfg.engine == "local" else None,
+                    "shards": self.shards},
             "files": {name: file_sha256(self.tmp / name)
                       for name in ("examples.jsonl", "rag_backlog.jsonl", "quarantine.jsonl", "preferences.jsonl")},
         }
@@ -561,6 +430,10 @@ class ExampleFile:
 
 
 # --------------------------------------------------------------------------- derived examples
+
+
+def _pool_key(entry: tuple[int, str, int, Any]) -> tuple[int, str, int]:
+    return entry[:3]
 
 
 def synthetic_idk(example: dict[str, Any], pool: list[list[dict[str, str]]], rng: random.Random,

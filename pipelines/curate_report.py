@@ -41,21 +41,24 @@ class Backlog:
 
     def add(self, record: LogRecord, route: Route, scrub: Any, scrubbed: dict[str, Any]) -> None:
         """File one knowledge failure; `scrubbed` is the entry's sample, already scrubbed."""
-        topic = nearest_topic(record, scrub)
-        group = self.groups.get((route.label, topic))
+        self.apply(backlog_event(record, route, scrub, scrubbed))
+
+    def apply(self, event: tuple[str, str, str, str, list[str], dict[str, Any] | None]) -> None:
+        """File one `backlog_event`, in input order (the keyword cap below depends on it). A
+        shard's worker leaves out the sample (None) past a group's first SAMPLES in its shard:
+        such an event is never among the group's first SAMPLES overall."""
+        label, topic, log_id, reason, words, sample = event
+        group = self.groups.get((label, topic))
         if group is None:
-            group = self.groups[(route.label, topic)] = BacklogGroup(route.label, topic)
+            group = self.groups[(label, topic)] = BacklogGroup(label, topic)
         group.count += 1
-        group.log_ids.append(scrubbed["log_id"])
-        group.reasons[route.reason or "knowledge_failure"] += 1
-        # A placeholder (<IBAN>, <REF>) is not a word the users asked about.
-        words = [w for w in answer_words(without_placeholders(scrubbed["query"]))
-                 if w not in STOPWORDS and len(w) > 2]
+        group.log_ids.append(log_id)
+        group.reasons[reason] += 1
         group.keywords.update(words)
         if len(group.keywords) > 500:
             group.keywords = Counter(dict(group.keywords.most_common(200)))
-        if len(group.samples) < self.SAMPLES:
-            group.samples.append(scrubbed)
+        if len(group.samples) < self.SAMPLES and sample is not None:
+            group.samples.append(sample)
 
     def entries(self) -> list[dict[str, Any]]:
         ordered = sorted(self.groups.values(), key=lambda g: (-g.count, g.label, g.topic))
@@ -71,6 +74,16 @@ class Backlog:
             }
             for g in ordered
         ]
+
+
+def backlog_event(record: LogRecord, route: Route, scrub: Any, scrubbed: dict[str, Any]
+                  ) -> tuple[str, str, str, str, list[str], dict[str, Any] | None]:
+    """What `Backlog.apply` files for one knowledge failure: (label, topic, log id, reason,
+    keywords, sample); computed where the record is read, applied in input order."""
+    # A placeholder (<IBAN>, <REF>) is not a word the users asked about.
+    words = [w for w in answer_words(without_placeholders(scrubbed["query"])) if w not in STOPWORDS and len(w) > 2]
+    return (route.label, nearest_topic(record, scrub), scrubbed["log_id"], route.reason or "knowledge_failure",
+            words, scrubbed)
 
 
 # --------------------------------------------------------------------------- decision & report

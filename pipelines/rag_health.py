@@ -250,6 +250,25 @@ class RagHealth:
                 per_version[name + ":k"] += obs.outcomes[name]
                 per_version[name + ":n"] += 1
 
+    def state(self) -> tuple[Any, ...]:
+        """The counts alone (no rules, no scrubber): what a shard's worker sends back."""
+        return dict(self.groups), self.scores, self.by_query, self.version_dates
+
+    def merge(self, state: tuple[Any, ...]) -> None:
+        """Add a shard's `state()`. Shards are merged in input order, so every dict and Counter
+        keeps first-seen order, which the bootstraps' draws depend on."""
+        groups, scores, by_query, version_dates = state
+        for key, tally in groups.items():
+            self.groups[key].patterns.update(tally.patterns)
+        self.scores.update(scores)
+        for key, versions in by_query.items():
+            mine = self.by_query.setdefault(key, {})
+            for version, counts in versions.items():
+                mine.setdefault(version, Counter()).update(counts)
+        for version, date in version_dates.items():
+            if date < self.version_dates.get(version, "9999"):
+                self.version_dates[version] = date
+
     def summary(self) -> dict[str, Any]:
         def dimension(name: str) -> dict[str, Any]:
             return {value: tally.summary() for (dim, value), tally in sorted(self.groups.items()) if dim == name}

@@ -254,11 +254,12 @@ class QuarantineFile:
     capped) raw text. What a user must hear about a whole file (it is damaged, it is one JSON
     document rather than JSON Lines) is also warned about once and kept in `notes`."""
 
-    def __init__(self, fh: IO[bytes], scrub: Any, max_chars: int):
+    def __init__(self, fh: IO[bytes], scrub: Any, max_chars: int, *, warn_now: bool = True):
         self.fh, self.scrub, self.max_chars = fh, scrub, max_chars
         self.notes: list[str] = []
+        self.warn_now = warn_now  # a shard's worker leaves the warning to the process that merges
 
-    def write(self, path: Path, line_no: int, bad: BadLine, length: int) -> None:
+    def write(self, path: Path | str, line_no: int, bad: BadLine, length: int) -> None:
         entry: dict[str, Any] = {"file": str(path), "line": line_no, "reason": bad.reason, "bytes": length}
         if bad.raw is not None:
             text = self.scrub(bad.raw.decode("utf-8", errors="replace"))
@@ -276,7 +277,8 @@ class QuarantineFile:
         from pipelines.console import warn
 
         self.notes.append(note)
-        warn(note)
+        if self.warn_now:
+            warn(note)
 
 
 def sample_general(path: Path, wanted: int, rng: random.Random, scrub: Any,

@@ -43,7 +43,7 @@ def test_only_the_code_a_stage_runs_is_in_its_version(code):
     _edit(code / "pipelines" / "cli.py", "Nothing to do: these inputs", "Nothing to do here: these inputs")
     _edit(code / "pipelines" / "split.py", "\nimport ", "\n# a comment only\nimport ")
     assert _versions(code) == before
-    _edit(code / "pipelines" / "curate.py", "    POOL = 1024", "    POOL = 2048")
+    _edit(code / "pipelines" / "curate_shard.py", "POOL = 1024", "POOL = 2048")
     after = _versions(code)
     assert after["pipelines.curate"] != before["pipelines.curate"]
     assert {k: v for k, v in after.items() if k != "pipelines.curate"} == {
@@ -67,5 +67,5 @@ def test_the_dataset_id_survives_a_cli_edit_but_not_a_curate_edit(code, workspac
     first = curate()
     _edit(code / "pipelines" / "cli.py", "Nothing to do: these inputs", "Nothing to do here: these inputs")
     assert curate() == first
-    _edit(code / "pipelines" / "curate.py", "    POOL = 1024", "    POOL = 2048")
+    _edit(code / "pipelines" / "curate_shard.py", "POOL = 1024", "POOL = 2048")
     assert curate() != first
