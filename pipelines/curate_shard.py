@@ -259,11 +259,13 @@ class ShardWorker:
         self._add_candidate(record, r, source, r.ideal, contexts, query, where)
 
     def _offer_to_pool(self, contexts: list[dict[str, str]], where: tuple[str, int]) -> None:
-        """Bottom-k by a seeded hash of the line's place: a uniform sample that does not
-        depend on how the inputs were cut into shards."""
+        """Bottom-k by a seeded hash of the line's file name and number: a uniform sample
+        that depends neither on how the inputs were cut into shards nor on where they are
+        stored (a folder, a bucket)."""
         if not contexts:
             return
-        digest = hashlib.blake2b(f"{self.cfg.seed}|{where[0]}|{where[1]}".encode(), digest_size=8).digest()
+        name = where[0].rsplit("/", 1)[-1]
+        digest = hashlib.blake2b(f"{self.cfg.seed}|{name}|{where[1]}".encode(), digest_size=8).digest()
         key = int.from_bytes(digest, "little")
         if len(self.pool) < POOL:
             heapq.heappush(self.pool, (-key, *where, contexts))

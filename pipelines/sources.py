@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import os
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,16 +29,28 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+_FILESYSTEMS: dict[tuple[str, str, tuple[tuple[str, str], ...]], Any] = {}
+_CREDENTIAL_ENV = ("AWS_", "GOOGLE_", "GCS", "AZURE_", "HF_", "FSSPEC_")
+
+
 def _filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
+    """The filesystem for a URL and the path within it. One instance per protocol, options
+    and credential environment: fsspec's own cache would keep serving an instance made
+    before the environment changed (rotated keys, another endpoint)."""
     import fsspec
 
     protocol = url.split("://", 1)[0]
-    try:
-        fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    except (ImportError, ValueError) as exc:
-        raise InputError(f"input {url!r}: cannot open {protocol}:// URLs ({str(exc).splitlines()[0]}); install the "
-                         f"fsspec package for it (s3fs for s3://, gcsfs for gs://, adlfs for az://)") from None
-    return fs, path
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_CREDENTIAL_ENV)))
+    key = (protocol, json.dumps(storage_options, sort_keys=True, default=str), env)
+    fs = _FILESYSTEMS.get(key)
+    if fs is None:
+        try:
+            fs = fsspec.filesystem(protocol, skip_instance_cache=True, **storage_options)
+        except (ImportError, ValueError) as exc:
+            raise InputError(f"input {url!r}: cannot open {protocol}:// URLs ({str(exc).splitlines()[0]}); install "
+                             f"the fsspec package for it (s3fs for s3://, gcsfs for gs://, adlfs for az://)") from None
+        _FILESYSTEMS[key] = fs
+    return fs, fs._strip_protocol(url)
 
 
 def resolve(patterns: list[str], storage_options: dict[str, Any]) -> list[str]:
