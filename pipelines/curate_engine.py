@@ -54,12 +54,13 @@ def plan_shards(files: list[str], sizes: list[int], shard_bytes: int) -> Iterato
     """The shards of every input, in input order."""
     index = 0
     for path, size in zip(files, sizes):
+        location = path if is_url(path) else str(Path(path).resolve())
         if is_url(path) or path.endswith(".gz") or size <= shard_bytes:
-            yield Shard(index, path, size=size)
+            yield Shard(index, path, size=size, location=location)
             index += 1
             continue
         for start, end, first_line in _cuts(Path(path), shard_bytes):
-            yield Shard(index, path, start, end, first_line, size=(end if end is not None else size) - start)
+            yield Shard(index, path, start, end, first_line, (end if end is not None else size) - start, location)
             index += 1
 
 

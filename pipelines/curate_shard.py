@@ -52,6 +52,7 @@ class Shard:
     end: int | None = None  # byte offset after its last line; None: the end of the file
     first_line: int = 0  # lines of the file before `start`
     size: int = 0  # bytes, for progress
+    location: str = ""  # where a worker opens it: a URL, or the absolute path (a Ray worker's cwd is not ours)
 
 
 class ShardResult:
@@ -197,7 +198,7 @@ class ShardWorker:
         spool = self.spool_fh = self._sink("candidates")
         quarantine_fh = self._sink("quarantine")
         quarantine = QuarantineFile(quarantine_fh, self.scrub, self.cfg.quarantine_max_chars, warn_now=False)
-        reader_fh, raw_fh = open_input(shard.path, self.cfg.storage_options)
+        reader_fh, raw_fh = open_input(shard.location or shard.path, self.cfg.storage_options)
         lines = reader_fh
         if shard.end is not None:
             lines = _Range(reader_fh, shard.start, shard.end)
