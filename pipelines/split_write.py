@@ -103,7 +103,11 @@ class HFSetWriter:
 
         import datasets
 
-        chunk = datasets.Dataset.from_list(self.rows, features=self.features)
+        if not self.rows and self.first is not None:
+            return
+        # from_list of no rows cannot match the features' columns; empty columns can.
+        chunk = (datasets.Dataset.from_list(self.rows, features=self.features) if self.rows
+                 else datasets.Dataset.from_dict({c: [] for c in self.features}, features=self.features))
         self.rows = []
         if self.first is None:
             self.first = chunk
