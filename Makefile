@@ -102,6 +102,7 @@ lint: setup
 
 bench: train
 	$(BIN)/python scripts/bench_curate.py
+	$(BIN)/python scripts/bench_split.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_eval.py
 

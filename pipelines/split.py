@@ -24,10 +24,12 @@ Read top to bottom, the recipe is:
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,19 @@ import orjson
 from pipelines.answers import is_cited_answer, parse_answer
 from pipelines.config import OutputConfig, PipelineConfig, SplitConfig
 from pipelines.contracts import ContractError, CurateManifest, read_manifest
-from pipelines.minhash import MinHasher, band_collisions, components, text_fingerprint
-from pipelines.openai_format import billing_estimate, check_file
-from pipelines.split_preferences import read_pairs, write_preferences
+from pipelines.minhash import MinHasher
+from pipelines.openai_format import billing_estimate, check_lines
+from pipelines.split_index import (
+    CuratedLineError,
+    ExampleIndex,
+    Keys,
+    build_index,
+    group_labels,
+    leaks,
+    near_regression_mask,
+)
+from pipelines.split_preferences import SetLookup, iter_pairs, write_preferences
+from pipelines.split_write import HFSetWriter, Written, hf_row, write_examples
 from pipelines.stage import Stage
 from pipelines.storage import (
     code_version,
@@ -87,36 +99,20 @@ def resolve_dataset(config: PipelineConfig) -> Path:
 
 def group_ids(examples: list[dict[str, Any]], hasher: MinHasher) -> np.ndarray:
     """One integer per example; examples sharing a cluster id, a session or a near-duplicate
-    question share it."""
-    n = len(examples)
-    rows, cols = band_collisions(hasher.keys([e["query"] for e in examples]))
-    extra_rows, extra_cols = [rows], [cols]
-    for key in ("cluster_id", "session_id"):
-        first: dict[str, int] = {}
-        pairs = []
-        for i, e in enumerate(examples):
-            value = e.get(key)
-            if value is None:
-                continue
-            if value in first:
-                pairs.append((i, first[value]))
-            else:
-                first[value] = i
-        if pairs:
-            arr = np.asarray(pairs, dtype=np.int64)
-            extra_rows.append(arr[:, 0])
-            extra_cols.append(arr[:, 1])
-    return components(n, np.concatenate(extra_rows), np.concatenate(extra_cols))
+    question share it (split_index.group_labels on their keys)."""
+    return group_labels(Keys.of(examples, hasher))
 
 
-def stratified_group_fold(labels: list[str], groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def stratified_group_fold(labels: Any, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of one fold holding about `fraction` of the examples, stratified by label,
-    never splitting a group."""
+    never splitting a group. `labels`: the label names, or integer codes in the names' sorted
+    order (scikit-learn encodes names by np.unique, so both give the same fold)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_splits = max(2, round(1 / fraction))
-    if len(set(groups.tolist())) < n_splits:
-        raise SplitError(f"only {len(set(groups.tolist()))} independent groups; {n_splits} are needed for this split")
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise SplitError(f"only {n_groups} independent groups; {n_splits} are needed for this split")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Labels rarer than n_splits cannot appear in every fold; that is expected here.
@@ -132,46 +128,34 @@ def find_leaks(sets: dict[str, list[dict[str, Any]]], hasher: MinHasher) -> list
     """Pairs of examples in different sets whose questions are the same (after
     normalisation) or near-duplicates (estimated Jaccard >= the dedup threshold), or that
     share an id."""
-    names, items = [], []
-    for name, examples in sets.items():
-        for e in examples:
-            names.append(name)
-            items.append(e)
-    if not items:
-        return []
-    queries = [e["query"] for e in items]
-    signatures = hasher.signatures(queries)
-    rows, cols = band_collisions(hasher.band_keys(signatures))
-    prints = [text_fingerprint(q) for q in queries]
-    fingerprints: dict[int, int] = {}
-    ids: dict[str, int] = {}
-    for i, e in enumerate(items):
-        fp = prints[i]
-        if fp in fingerprints:
-            rows, cols = np.append(rows, i), np.append(cols, fingerprints[fp])
-        fingerprints.setdefault(fp, i)
-        if e["id"] in ids:
-            rows, cols = np.append(rows, i), np.append(cols, ids[e["id"]])
-        ids.setdefault(e["id"], i)
-    leaks, seen = [], set()
-    for i, j in zip(rows.tolist(), cols.tolist()):
-        if names[i] == names[j] or (min(i, j), max(i, j)) in seen:
-            continue
-        seen.add((min(i, j), max(i, j)))
-        similarity = float((signatures[i] == signatures[j]).mean())
-        exact = prints[i] == prints[j] or items[i]["id"] == items[j]["id"]
-        if exact or similarity >= hasher.threshold:
-            a, b = sorted([(names[i], items[i]["id"]), (names[j], items[j]["id"])])
-            leaks.append({"a": f"{a[0]}:{a[1]}", "b": f"{b[0]}:{b[1]}", "similarity": 1.0 if exact else round(similarity, 3)})
-    return sorted(leaks, key=lambda x: (x["a"], x["b"]))
+    items = [e for examples in sets.values() for e in examples]
+    codes = np.repeat(np.arange(len(sets)), [len(v) for v in sets.values()])
+    return leaks(Keys.of(items, hasher), codes, list(sets), hasher, lambda rows: [items[i] for i in rows.tolist()])
+
+
+def raise_on_leaks(found: list[dict[str, Any]]) -> None:
+    if found:
+        shown = "\n".join(f"  {x['a']}  <->  {x['b']}  (similarity {x['similarity']})" for x in found[:20])
+        more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
+        raise LeakageError(f"{len(found)} question(s) leak across sets:\n{shown}{more}")
 
 
 def check_leakage(sets: dict[str, list[dict[str, Any]]], hasher: MinHasher) -> None:
-    leaks = find_leaks(sets, hasher)
-    if leaks:
-        shown = "\n".join(f"  {x['a']}  <->  {x['b']}  (similarity {x['similarity']})" for x in leaks[:20])
-        more = f"\n  ... and {len(leaks) - 20} more" if len(leaks) > 20 else ""
-        raise LeakageError(f"{len(leaks)} question(s) leak across sets:\n{shown}{more}")
+    raise_on_leaks(find_leaks(sets, hasher))
+
+
+def check_leakage_rows(index: ExampleIndex, train: np.ndarray, validation: np.ndarray,
+                       regression: list[dict[str, Any]], hasher: MinHasher) -> None:
+    """find_leaks over train and validation as rows of the index, and the regression set."""
+    rows = np.concatenate([train, validation])
+    keys = Keys.concat([index.keys.take(rows), Keys.of(regression, hasher)])
+    codes = np.repeat(np.arange(3), [len(train), len(validation), len(regression)])
+
+    def fetch(positions: np.ndarray) -> list[dict[str, Any]]:
+        mine = positions[positions < len(rows)]
+        return index.read(rows[mine]) + [regression[p - len(rows)] for p in positions[len(mine):].tolist()]
+
+    raise_on_leaks(leaks(keys, codes, ["train", "validation", "regression"], hasher, fetch))
 
 
 # --------------------------------------------------------------------------- the regression set
@@ -183,18 +167,8 @@ def load_regression(path: Path) -> list[dict[str, Any]]:
 
 def near_regression(examples: list[dict[str, Any]], regression: list[dict[str, Any]], hasher: MinHasher) -> set[int]:
     """Indices of examples that are, or are near, a regression item: kept out forever."""
-    if not regression:
-        return set()
-    combined = regression + examples
-    groups = group_ids([{"query": e["query"], "id": e["id"]} for e in combined], hasher)
-    reg_groups = set(groups[: len(regression)].tolist())
-    reg_ids = {e["id"] for e in regression}
-    reg_clusters = {e.get("cluster_id") for e in regression} - {None}
-    # New turns of a session already in the regression set stay out too.
-    reg_sessions = {e.get("session_id") for e in regression} - {None}
-    return {i for i, e in enumerate(examples)
-            if groups[len(regression) + i] in reg_groups or e["id"] in reg_ids
-            or e.get("cluster_id") in reg_clusters or e.get("session_id") in reg_sessions}
+    mask = near_regression_mask(Keys.of(examples, hasher), Keys.of(regression, hasher))
+    return set(np.flatnonzero(mask).tolist())
 
 
 # --------------------------------------------------------------------------- the stage
@@ -207,8 +181,8 @@ def _token_count(tokenizer: Any, messages: list[dict[str, str]], add_generation_
     return len(ids)
 
 
-def _stats(values: list[int]) -> dict[str, Any]:
-    if not values:
+def _stats(values: list[int] | np.ndarray) -> dict[str, Any]:
+    if len(values) == 0:
         return {"examples": 0}
     arr = np.asarray(values)
     return {"examples": len(values), "total": int(arr.sum()), "mean": round(float(arr.mean()), 1),
@@ -216,29 +190,45 @@ def _stats(values: list[int]) -> dict[str, Any]:
 
 
 def choose_few_shot(train: list[dict[str, Any]], k: int, seed: int, output: OutputConfig) -> list[dict[str, Any]]:
-    """k RAG examples from train for the baseline prompt: one "I don't know" when there is
-    one, the rest answered with citations and spread over labels."""
+    """k RAG examples from train for the baseline prompt (few_shot_rows on parsed examples)."""
+    rag = np.array([e.get("kind", "rag") == "rag" for e in train], dtype=bool)
+    refusal = np.array([bool(r) and parse_answer(e["ideal_answer"], output.format, output.idk_answer).refusal
+                        for e, r in zip(train, rag)], dtype=bool)
+    cited = np.array([bool(r) and is_cited_answer(e["ideal_answer"], output) for e, r in zip(train, rag)], dtype=bool)
+    codes: dict[str, int] = {}
+    labels = np.array([codes.setdefault(e["label"], len(codes)) for e in train], dtype=np.int64)
+    rows = few_shot_rows(rag, refusal, cited, labels, k, seed, lambda ps: [train[p] for p in ps])
+    return [train[p] for p in rows]
+
+
+def few_shot_rows(rag: np.ndarray, refusal: np.ndarray, cited: np.ndarray, labels: np.ndarray, k: int, seed: int,
+                  fetch: Callable[[list[int]], list[dict[str, Any]]]) -> list[int]:
+    """Positions in train of k RAG examples for the baseline prompt: one "I don't know" when
+    there is one, the rest answered with citations and spread over labels. The answers are
+    read by the answer contract, not matched as text (curate writes compact JSON)."""
     if k <= 0:
         return []
     rng = random.Random(seed)
-    rag = [e for e in train if e.get("kind", "rag") == "rag"]
-    # Read by the answer contract, not matched as text (curate writes compact JSON).
-    idk = [e for e in rag if parse_answer(e["ideal_answer"], output.format, output.idk_answer).refusal]
-    answered = [e for e in rag if is_cited_answer(e["ideal_answer"], output)]
+    idk = np.flatnonzero(rag & refusal).tolist()
+    answered = np.flatnonzero(rag & cited).tolist()
     rng.shuffle(answered)
-    chosen: list[dict[str, Any]] = []
-    labels_used: set[str] = set()
-    for e in answered:  # first pass: one per label
-        if len(chosen) >= k - (1 if idk else 0):
+    room = k - (1 if idk else 0)
+    chosen: list[int] = []
+    labels_used: set[int] = set()
+    for p in answered:  # first pass: one per label
+        if len(chosen) >= room:
             break
-        if e["label"] not in labels_used:
-            chosen.append(e)
-            labels_used.add(e["label"])
-    for e in answered:
-        if len(chosen) >= k - (1 if idk else 0):
+        if labels[p] not in labels_used:
+            chosen.append(p)
+            labels_used.add(labels[p])
+    chosen_examples = fetch(chosen)
+    for p in answered:
+        if len(chosen) >= room:
             break
-        if e not in chosen:
-            chosen.append(e)
+        [example] = fetch([p])
+        if example not in chosen_examples:  # by value, as a list of examples compares
+            chosen.append(p)
+            chosen_examples.append(example)
     if idk:
         chosen.insert(len(chosen) // 2, rng.choice(idk))
     return chosen[:k]
@@ -281,7 +271,7 @@ def finished_split(stage: Stage, regression_path: Path) -> dict[str, Any] | None
     return stage.finished(still_valid=lambda manifest: manifest["regression"]["sha256"] == current)
 
 
-def grow_regression(examples: list[dict[str, Any]], before: list[dict[str, Any]], config: PipelineConfig,
+def grow_regression(index: ExampleIndex, before: list[dict[str, Any]], config: PipelineConfig,
                     hasher: MinHasher, dataset_id: str, split_id: str) -> list[dict[str, Any]]:
     """The examples newly drawn into the frozen regression set: `size` by the first split,
     `append` by each later one (0 keeps it as it is); whole groups, stratified by label."""
@@ -289,8 +279,8 @@ def grow_regression(examples: list[dict[str, Any]], before: list[dict[str, Any]]
     wanted = cfg.regression.size if not before else cfg.regression.append
     if wanted <= 0:
         return []
-    outside = near_regression(examples, before, hasher)
-    rag = [e for i, e in enumerate(examples) if i not in outside and e.get("kind", "rag") == "rag"]
+    outside = near_regression_mask(index.keys, Keys.of(before, hasher))
+    rag = np.flatnonzero(~outside & index.rag)
     needed = wanted + cfg.min_validation + cfg.min_train
     if len(rag) < needed:
         raise SplitError(
@@ -298,15 +288,16 @@ def grow_regression(examples: list[dict[str, Any]], before: list[dict[str, Any]]
             f"drawing {wanted} regression examples and keeping {cfg.min_validation} for validation and "
             f"{cfg.min_train} for training needs at least {needed}"
         )
-    rag_groups = group_ids(rag, hasher)
-    fold = stratified_group_fold([e["label"] for e in rag], rag_groups, wanted / len(rag), cfg.seed + 1)
-    chosen = set(rag_groups[fold].tolist())
-    return [{**e, "regression_added_by": split_id} for e, g in zip(rag, rag_groups.tolist()) if g in chosen]
+    rag_groups = group_labels(index.keys.take(rag))
+    fold = stratified_group_fold(index.labels[rag], rag_groups, wanted / len(rag), cfg.seed + 1)
+    drawn = rag[np.isin(rag_groups, rag_groups[fold])]
+    return [{**e, "regression_added_by": split_id} for e in index.read(drawn)]
 
 
-def train_validation(pool: list[dict[str, Any]], cfg: SplitConfig, hasher: MinHasher,
-                     dataset_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Train and validation from what the regression set leaves: stratified by label, whole groups."""
+def train_validation(index: ExampleIndex, pool: np.ndarray, cfg: SplitConfig,
+                     dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation rows from the `pool` rows the regression set leaves: stratified by
+    label, whole groups."""
     needed = max(cfg.min_validation + cfg.min_train, int(np.ceil(cfg.min_validation / cfg.validation_fraction)))
     if len(pool) < needed:
         raise SplitError(
@@ -314,11 +305,10 @@ def train_validation(pool: list[dict[str, Any]], cfg: SplitConfig, hasher: MinHa
             f"validation_fraction {cfg.validation_fraction} with min_validation {cfg.min_validation} and "
             f"min_train {cfg.min_train} needs at least {needed}"
         )
-    groups = group_ids(pool, hasher)
-    validation_index = set(stratified_group_fold([e["label"] for e in pool], groups, cfg.validation_fraction,
-                                                 cfg.seed).tolist())
-    train = [e for i, e in enumerate(pool) if i not in validation_index]
-    validation = [e for i, e in enumerate(pool) if i in validation_index]
+    groups = group_labels(index.keys.take(pool))
+    in_validation = np.zeros(len(pool), dtype=bool)
+    in_validation[stratified_group_fold(index.labels[pool], groups, cfg.validation_fraction, cfg.seed)] = True
+    train, validation = pool[~in_validation], pool[in_validation]
     if len(validation) < cfg.min_validation or len(train) < cfg.min_train:
         raise SplitError(
             f"the split gave {len(train)} train and {len(validation)} validation examples; the config asks for at "
@@ -331,75 +321,87 @@ def jsonl_bytes(items: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(e) + b"\n" for e in items)
 
 
-def write_openai_exports(tmp: Path, sets: dict[str, list[dict[str, Any]]], config: PipelineConfig,
-                         tokenizer: Any) -> dict[str, Any]:
-    """Write <set>.openai.jsonl for train and validation, check them with OpenAI's format
-    checks, count their tokens and estimate the fine-tuning bill."""
-    lengths: dict[str, list[int]] = {}
+def exports_section(tmp: Path, written: Written, regression: list[dict[str, Any]], config: PipelineConfig,
+                    tokenizer: Any) -> dict[str, Any]:
+    """Check the written OpenAI exports with OpenAI's format checks, give their token
+    statistics and estimate the fine-tuning bill."""
     format_checks: dict[str, Any] = {}
     token_stats: dict[str, Any] = {}
     for name in ("train", "validation"):
-        lines, lengths[name] = [], []
-        for e in sets[name]:
-            messages = render_messages(e, config.prompt, config.output)
-            lines.append(orjson.dumps({"messages": messages}) + b"\n")
-            lengths[name].append(_token_count(tokenizer, messages))
-        path = tmp / f"{name}.openai.jsonl"
-        write_bytes_atomic(path, b"".join(lines))
-        report = check_file(path)
+        with open(tmp / f"{name}.openai.jsonl", "rb") as handle:
+            report = check_lines(handle)
         format_checks[name] = {"ok": report.ok, "examples": report.examples, "problems": report.problems(),
                                "missing_system": report.missing_system, "missing_user": report.missing_user}
         if not report.ok:
             raise SplitError(f"{name}.openai.jsonl fails OpenAI's format checks: " + "; ".join(report.problems()))
-        token_stats[name] = _stats(lengths[name])
+        token_stats[name] = _stats(written.lengths[name])
     token_stats["regression"] = _stats([_token_count(tokenizer, render_messages(e, config.prompt, config.output))
-                                        for e in sets["regression"]])
+                                        for e in regression])
     openai = config.split.openai
     epochs = None if openai.n_epochs == "auto" else openai.n_epochs
-    billing = billing_estimate(lengths["train"], openai.max_tokens_per_example, openai.price_per_million_tokens, epochs)
+    billing = billing_estimate(written.lengths["train"].tolist(), openai.max_tokens_per_example,
+                               openai.price_per_million_tokens, epochs)
     return {"tokens": token_stats,
-            "over_max_seq_tokens": {name: sum(n > config.model.max_seq_tokens for n in lengths[name])
-                                    for name in lengths},
+            "over_max_seq_tokens": {name: int(np.count_nonzero(lengths > config.model.max_seq_tokens))
+                                    for name, lengths in written.lengths.items()},
             "openai": {"format_checks": format_checks, "billing": billing}}
 
 
-def write_baseline_prompt(tmp: Path, validation: list[dict[str, Any]], shots: list[dict[str, Any]],
-                          config: PipelineConfig, tokenizer: Any) -> dict[str, Any]:
+def write_baseline_prompt(tmp: Path, written: Written, shots: list[dict[str, Any]],
+                          config: PipelineConfig) -> dict[str, Any]:
     """The baseline prompt, frozen with the split so eval uses exactly these shots; returns
     the prompt tokens per validation query of the fine-tune and of the baseline."""
-    prompt_tokens: dict[str, list[int]] = {"finetune": [], "baseline": []}
-    for e in validation:
-        if e.get("kind", "rag") != "rag":
-            continue
-        prompt_tokens["finetune"].append(_token_count(
-            tokenizer, render_messages(e, config.prompt, config.output, with_answer=False), True))
-        prompt_tokens["baseline"].append(_token_count(
-            tokenizer, render_messages(e, config.prompt, config.output, with_answer=False, baseline_shots=shots), True))
     (tmp / "baseline_prompt.json").write_bytes(dumps({
         "system": config.prompt.baseline_system.replace("{idk}", config.output.idk_answer),
         "few_shot_ids": [e["id"] for e in shots],
         "few_shot": shots,
     }))
-    return {"prompt_tokens_per_query": {k: round(float(np.mean(v)), 1) if v else 0 for k, v in prompt_tokens.items()}}
+    return {"prompt_tokens_per_query": {k: round(total / count, 1) if count else 0
+                                        for k, (total, count) in written.prompt_tokens.items()}}
 
 
-def describe_split(sets: dict[str, list[dict[str, Any]]], curated: int, excluded: int,
-                   regression_path: Path, before: list[dict[str, Any]], drawn: list[dict[str, Any]]) -> dict[str, Any]:
+def describe_split(index: ExampleIndex, rows: dict[str, np.ndarray], regression: list[dict[str, Any]],
+                   excluded: int, regression_path: Path, before: list[dict[str, Any]],
+                   drawn: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest's counts, labels, groups and regression-set bookkeeping."""
+    labels = {name: {index.label_names[code]: int(n) for code, n in
+                     enumerate(np.bincount(index.labels[r], minlength=len(index.label_names))) if n}
+              for name, r in rows.items()}
     return {
-        "counts": {name: len(items) for name, items in sets.items()}
-        | {"curated": curated, "held_out_for_regression": excluded},
-        "labels": {name: dict(sorted(Counter(e["label"] for e in items).items())) for name, items in sets.items()},
-        "groups": {name: len({e.get("cluster_id") for e in sets[name]}) for name in ("train", "validation")},
+        "counts": {name: len(r) for name, r in rows.items()} | {"regression": len(regression)}
+        | {"curated": len(index), "held_out_for_regression": excluded},
+        "labels": labels | {"regression": dict(sorted(Counter(e["label"] for e in regression).items()))},
+        # Distinct cluster ids, "none" counting as one, as a set of the values would.
+        "groups": {name: len(np.unique(index.keys.clusters[r])) for name, r in rows.items()},
         "regression": {
             "path": str(regression_path),
             "carried_forward": len(before),
             "drawn": len(drawn) if not before else 0,
             "appended": len(drawn) if before else 0,
-            "size": len(sets["regression"]),
-            "sha256": hashlib.sha256(jsonl_bytes(sets["regression"])).hexdigest(),
+            "size": len(regression),
+            "sha256": hashlib.sha256(jsonl_bytes(regression)).hexdigest(),
         },
     }
+
+
+def assign_sets(config: PipelineConfig, source: CuratedSource, stage: Stage, hasher: MinHasher,
+                regression_before: list[dict[str, Any]]) -> tuple[ExampleIndex, dict[str, np.ndarray],
+                                                                   list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Steps 2-5 of the recipe on the index: the rows of train and validation, the regression
+    set (carried forward + drawn), what was drawn and how many examples were held out."""
+    try:
+        index = build_index(source.path / "examples.jsonl", hasher, config.output)
+    except CuratedLineError as exc:
+        raise SplitError(str(exc)) from None
+    drawn = grow_regression(index, regression_before, config, hasher, source.id, stage.ident)
+    regression = regression_before + drawn
+    # Whatever is, or is near, a regression item stays out of train and validation forever.
+    # The first split and every later one take this same path, so a forced re-split of the
+    # same data gives the same sets.
+    excluded = near_regression_mask(index.keys, Keys.of(regression, hasher))
+    train, validation = train_validation(index, np.flatnonzero(~excluded), config.split, source.id)
+    check_leakage_rows(index, train, validation, regression, hasher)
+    return index, {"train": train, "validation": validation}, regression, drawn, int(excluded.sum())
 
 
 def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None) -> SplitResult:
@@ -411,37 +413,33 @@ def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None)
     if not force and (done := finished_split(stage, regression_path)) is not None:
         return SplitResult(stage.ident, stage.final, done, skipped=True)
 
-    examples = list(iter_jsonl(source.path / "examples.jsonl"))
     hasher = _hasher(config)
     regression_before = load_regression(regression_path)
-    drawn = grow_regression(examples, regression_before, config, hasher, source.id, stage.ident)
-    regression = regression_before + drawn
-    # Whatever is, or is near, a regression item stays out of train and validation forever.
-    # The first split and every later one take this same path, so a forced re-split of the
-    # same data gives the same sets.
-    excluded = near_regression(examples, regression, hasher)
-    pool = [e for i, e in enumerate(examples) if i not in excluded]
-    train, validation = train_validation(pool, config.split, hasher, source.id)
-    sets = {"train": train, "validation": validation, "regression": regression}
-    check_leakage(sets, hasher)
-
+    index, rows, regression, drawn, excluded = assign_sets(config, source, stage, hasher, regression_before)
     if tokenizer is None:
         from pipelines.models import load_tokenizer
 
         tokenizer = load_tokenizer(config.model.base)
-    shots = choose_few_shot(train, config.prompt.few_shot, config.split.seed, config.output)
+    train = rows["train"]
+    shot_rows = few_shot_rows(index.rag[train], index.refusal[train], index.cited[train], index.labels[train],
+                              config.prompt.few_shot, config.split.seed, lambda ps: index.read(train[ps]))
+    shots = index.read(train[shot_rows])
+    where = np.full(len(index), -1, dtype=np.int8)
+    where[rows["train"]], where[rows["validation"]] = 0, 1
     with stage.commit(latest=False) as tmp:
-        for name, items in sets.items():
-            write_bytes_atomic(tmp / f"{name}.jsonl", jsonl_bytes(items))
-        exports = write_openai_exports(tmp, sets, config, tokenizer)
-        baseline = write_baseline_prompt(tmp, validation, shots, config, tokenizer)
+        write_bytes_atomic(tmp / "regression.jsonl", jsonl_bytes(regression))
+        written = write_examples(tmp, index, where, config, tokenizer, shots)
+        exports = exports_section(tmp, written, regression, config, tokenizer)
+        baseline = write_baseline_prompt(tmp, written, shots, config)
         # Each pair goes where its example went (curate's pairs carry the example's id).
-        preferences = write_preferences(tmp, read_pairs(source.path), sets, config,
+        lookup = SetLookup({"train": index.keys.ids[rows["train"]], "validation": index.keys.ids[rows["validation"]],
+                            "regression": Keys.of(regression, hasher).ids})
+        preferences = write_preferences(tmp, iter_pairs(source.path), lookup, config,
                                         lambda messages: _token_count(tokenizer, messages))
-        _write_hf_copy(tmp / "hf", sets, config)
+        _write_hf_copy(tmp / "hf", written, regression, config)
         dataset = {"id": source.id, "path": str(source.path), "examples_sha256": source.examples_sha256}
         manifest = (stage.base_manifest(config, CONFIG_SECTIONS, dataset=dataset, seed=config.split.seed)
-                    | describe_split(sets, len(examples), len(excluded), regression_path, regression_before, drawn)
+                    | describe_split(index, rows, regression, excluded, regression_path, regression_before, drawn)
                     | exports | baseline | preferences
                     | {"few_shot_ids": [e["id"] for e in shots],
                        "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
@@ -454,21 +452,15 @@ def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None)
     return SplitResult(stage.ident, stage.final, manifest, skipped=False)
 
 
-def _write_hf_copy(target: Path, sets: dict[str, list[dict[str, Any]]], config: PipelineConfig) -> None:
-    """A `datasets.DatasetDict` on disk (`load_from_disk`), with the rendered messages."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    columns = ("id", "kind", "source", "label", "query", "ideal_answer", "cluster_id", "session_id")
-    splits = {}
-    for name, items in sets.items():
-        rows = [{**{c: (None if e.get(c) is None else str(e.get(c))) for c in columns},
-                 "contexts": [{"id": c["id"], "text": c["text"]} for c in e.get("contexts") or []],
-                 "messages": render_messages(e, config.prompt, config.output)} for e in items]
-        features = datasets.Features({
-            **{c: datasets.Value("string") for c in columns},
-            "contexts": datasets.List({"id": datasets.Value("string"), "text": datasets.Value("string")}),
-            "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-        })
-        splits[name] = datasets.Dataset.from_list(rows, features=features)
-    datasets.DatasetDict(splits).save_to_disk(str(target))
+def _write_hf_copy(target: Path, written: Written, regression: list[dict[str, Any]], config: PipelineConfig) -> None:
+    """Finish the `datasets.DatasetDict` on disk (`load_from_disk`), with the rendered messages:
+    train and validation were written by the streaming pass; the regression set and the
+    dict's index are written here."""
+    for name in ("train", "validation"):
+        written.hf[name].close()
+    writer = HFSetWriter(target / "regression")
+    for e in regression:
+        writer.add(hf_row(e, render_messages(e, config.prompt, config.output)))
+    writer.close()
+    with open(target / "dataset_dict.json", "w", encoding="utf-8") as handle:
+        json.dump({"splits": ["train", "validation", "regression"]}, handle)

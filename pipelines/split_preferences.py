@@ -9,15 +9,21 @@ A pair whose example is in the regression set, or was held out near it, is in no
 
 from __future__ import annotations
 
+import contextlib
+from array import array
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from pipelines.config import PipelineConfig
 from pipelines.openai_format import FormatError, billing_estimate, check_dpo_lines
-from pipelines.storage import iter_jsonl, write_bytes_atomic
+from pipelines.split_index import value_hash
+from pipelines.split_write import atomic_file
+from pipelines.storage import iter_jsonl
 from pipelines.template import render_messages
 
 SETS = ("train", "validation")
@@ -25,16 +31,44 @@ SETS = ("train", "validation")
 
 def read_pairs(curated: Path) -> list[dict[str, Any]]:
     """The curated dataset's pairs ([] for a dataset curated before pairs existed)."""
+    return list(iter_pairs(curated))
+
+
+def iter_pairs(curated: Path) -> Iterator[dict[str, Any]]:
+    """The curated dataset's pairs, one at a time (none before pairs existed)."""
     path = curated / "preferences.jsonl"
-    return list(iter_jsonl(path)) if path.exists() else []
+    if path.exists():
+        yield from iter_jsonl(path)
+
+
+class SetLookup:
+    """Which set each example id is in, as sorted 64-bit id hashes (8 bytes an example, not a
+    dict of strings); an id in several sets is in the last one named."""
+
+    def __init__(self, ids_per_set: dict[str, np.ndarray]):
+        self.names = list(ids_per_set)
+        hashes = np.concatenate([np.asarray(v, dtype=np.uint64) for v in ids_per_set.values()])
+        codes = np.concatenate([np.full(len(v), k, dtype=np.int8) for k, v in enumerate(ids_per_set.values())])
+        # np.unique keeps the first of equal values: reversed, that is the last set's.
+        self.hashes, first = np.unique(hashes[::-1], return_index=True)
+        self.codes = codes[::-1][first]
+
+    @classmethod
+    def of(cls, sets: dict[str, list[dict[str, Any]]]) -> SetLookup:
+        return cls({name: [value_hash(e["id"]) for e in items] for name, items in sets.items()})
+
+    def __call__(self, example_id: Any) -> str | None:
+        key = np.uint64(value_hash(example_id))
+        at = int(np.searchsorted(self.hashes, key))
+        return self.names[self.codes[at]] if at < len(self.hashes) and self.hashes[at] == key else None
 
 
 def assign(pairs: list[dict[str, Any]], sets: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """Each pair in the set of its example; pairs of regression or held-out examples in none."""
-    where = {e["id"]: name for name, items in sets.items() for e in items}
+    where = SetLookup.of(sets)
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in SETS}
     for pair in pairs:
-        name = where.get(pair["example_id"])
+        name = where(pair["example_id"])
         if name in out:
             out[name].append(pair)
     return out
@@ -48,34 +82,48 @@ def dpo_line(pair: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:
             "non_preferred_output": [{"role": "assistant", "content": pair["rejected"]}]}
 
 
-def write_preferences(tmp: Path, pairs: list[dict[str, Any]], sets: dict[str, list[dict[str, Any]]],
-                      config: PipelineConfig, count_tokens: Any) -> dict[str, Any]:
-    """Write the pair files of train and validation; return the manifest's `preferences`.
-    `count_tokens(messages)` counts a rendered conversation with the base model's tokenizer."""
-    assigned = assign(pairs, sets)
-    section: dict[str, Any] = {"curated": len(pairs), "counts": {n: len(assigned[n]) for n in SETS},
-                               "held_out": len(pairs) - sum(len(v) for v in assigned.values()),
-                               "by_label": {}, "format_checks": {}}
-    train_tokens: list[int] = []
+def write_preferences(tmp: Path, pairs: Iterable[dict[str, Any]], sets: dict[str, list[dict[str, Any]]] | SetLookup,
+                      config: PipelineConfig, count_tokens: Callable[[list[dict[str, str]]], int]) -> dict[str, Any]:
+    """Write the pair files of train and validation, streaming `pairs`; return the manifest's
+    `preferences`. `count_tokens(messages)` counts a rendered conversation with the base model's
+    tokenizer."""
+    where = sets if isinstance(sets, SetLookup) else SetLookup.of(sets)
+    counts = {name: 0 for name in SETS}
+    labels: dict[str, Counter] = {name: Counter() for name in SETS}
+    curated, train_tokens = 0, array("q")
+    with contextlib.ExitStack() as files:
+        records = {n: files.enter_context(atomic_file(tmp / f"{n}.preferences.jsonl")) for n in SETS}
+        exports = {n: files.enter_context(atomic_file(tmp / f"{n}.dpo.openai.jsonl")) for n in SETS}
+        for pair in pairs:
+            curated += 1
+            name = where(pair["example_id"])
+            if name not in records:
+                continue
+            counts[name] += 1
+            labels[name][pair["label"]] += 1
+            records[name].write(orjson.dumps(pair) + b"\n")
+            exports[name].write(orjson.dumps(dpo_line(pair, config)) + b"\n")
+            if name == "train":
+                train_tokens.append(_pair_tokens(pair, config, count_tokens))
+    section: dict[str, Any] = {"curated": curated, "counts": counts, "held_out": curated - sum(counts.values()),
+                               "by_label": {n: dict(sorted(labels[n].items())) for n in SETS}, "format_checks": {}}
     for name in SETS:
-        items = assigned[name]
-        write_bytes_atomic(tmp / f"{name}.preferences.jsonl", b"".join(orjson.dumps(p) + b"\n" for p in items))
-        lines = [orjson.dumps(dpo_line(p, config)) + b"\n" for p in items]
-        write_bytes_atomic(tmp / f"{name}.dpo.openai.jsonl", b"".join(lines))
-        report = check_dpo_lines(lines)
+        with open(tmp / f"{name}.dpo.openai.jsonl", "rb") as handle:
+            report = check_dpo_lines(handle)
         section["format_checks"][name] = {"ok": report.ok, "examples": report.examples,
                                           "problems": report.problems()}
         if report.errors:  # a bad line is a bug here; too few pairs only stops train.method dpo
             raise FormatError(f"{name}.dpo.openai.jsonl fails OpenAI's preference format checks: "
                               + "; ".join(report.problems()))
-        section["by_label"][name] = dict(sorted(Counter(p["label"] for p in items).items()))
-        if name == "train":
-            for pair in items:
-                prompt = render_messages(pair, config.prompt, config.output, with_answer=False)
-                train_tokens.append(count_tokens(prompt + [{"role": "assistant", "content": pair["chosen"]}])
-                                    + count_tokens([{"role": "assistant", "content": pair["rejected"]}]))
     openai = config.split.openai
     epochs = None if openai.n_epochs == "auto" else openai.n_epochs
-    section["billing"] = billing_estimate(train_tokens, openai.max_tokens_per_example,
+    section["billing"] = billing_estimate(train_tokens.tolist(), openai.max_tokens_per_example,
                                           openai.price_per_million_tokens, epochs)
     return {"preferences": section}
+
+
+def _pair_tokens(pair: dict[str, Any], config: PipelineConfig, count_tokens: Callable[[list[dict[str, str]]], int]) -> int:
+    """Tokens of a train pair: its prompt with the chosen answer, plus the rejected answer."""
+    prompt = render_messages(pair, config.prompt, config.output, with_answer=False)
+    return (count_tokens(prompt + [{"role": "assistant", "content": pair["chosen"]}])
+            + count_tokens([{"role": "assistant", "content": pair["rejected"]}]))
