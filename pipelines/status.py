@@ -60,9 +60,22 @@ def shutdown_warning(version: dict[str, Any], today: dt.date | None = None) -> s
             "replacement on another model, Azure OpenAI or the LoRA backend, and promote it.")
 
 
+def wall_seconds(manifest: dict[str, Any]) -> float | None:
+    """The wall time of the run that wrote this output. Curate's own total leaves out loading
+    the tokenizer (a first run converts it); the wall time a user waited includes it."""
+    timings = manifest.get("timings") or {}
+    if not isinstance(timings.get("total_s"), (int, float)):
+        return None
+    return round(float(timings["total_s"]) + float(timings.get("tokenizer_s") or 0.0), 1)
+
+
+def _took(info: dict[str, Any]) -> str:
+    return f", took {info['wall_s']:,.1f} s" if isinstance(info.get("wall_s"), float) else ""
+
+
 def _stage_summary(key: str, folder: Path, ident: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """What `status` shows of one stage's newest output."""
-    info: dict[str, Any] = {"id": ident, "created_at": manifest.get("created_at")}
+    info: dict[str, Any] = {"id": ident, "created_at": manifest.get("created_at"), "wall_s": wall_seconds(manifest)}
     if key == "dataset":
         info["examples"] = manifest["counts"]["examples"]
         info["decision"] = manifest["decision"]["verdict"]
@@ -129,21 +142,21 @@ def gather(config: PipelineConfig) -> dict[str, Any]:
 def _stage_lines(s: dict[str, Any]) -> list[str]:
     d, sp, r, e = s.get("dataset"), s.get("split"), s.get("run"), s.get("eval")
     lines = [f"  dataset    {d['id']}: {d.get('examples', '?')} examples, decision {d.get('decision', '?')} "
-             f"({d.get('created_at')})" if d else "  dataset    none yet (make curate)"]
+             f"({d.get('created_at')}{_took(d)})" if d else "  dataset    none yet (make curate)"]
     lines.append(f"  split      {sp['id']}: train {sp['counts']['train']}, validation {sp['counts']['validation']}, "
-                 f"regression {sp['counts']['regression']} (from {sp['dataset']})" if sp and sp.get("counts")
+                 f"regression {sp['counts']['regression']} (from {sp['dataset']}{_took(sp)})" if sp and sp.get("counts")
                  else "  split      none yet (make split)")
     if r:
         loss = f", validation loss {r['final_eval_loss']:.4f}" if isinstance(r.get("final_eval_loss"), float) else ""
         versions = f"; registered as {', '.join('v' + v for v in r['versions'])}" if r.get("versions") else ""
         older = "  [not the newest split: make train]" if sp and r.get("split") != sp["id"] else ""
-        lines.append(f"  run        {r['id']}: {r.get('backend', '?')} ({r.get('method', 'sft')}) on {r.get('split')}{loss}{versions}{older}")
+        lines.append(f"  run        {r['id']}: {r.get('backend', '?')} ({r.get('method', 'sft')}) on {r.get('split')}{loss}{_took(r)}{versions}{older}")
     else:
         lines.append("  run        none yet (make train)")
     if e and e.get("gate"):
         verdict = "PASS" if e["gate"]["passed"] else f"FAIL ({', '.join(e['gate']['failed'] or [])})"
         stale = "" if r and e.get("run") == r["id"] else "  [not the newest run: make eval]"
-        lines.append(f"  eval       {e['id']} of {e['run']}: gate {verdict}; {e.get('primary', '')}{stale}")
+        lines.append(f"  eval       {e['id']} of {e['run']}: gate {verdict}; {e.get('primary', '')}{_took(e)}{stale}")
     else:
         lines.append("  eval       none yet (make eval)")
     return lines

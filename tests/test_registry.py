@@ -99,6 +99,13 @@ def test_promote_with_a_passing_report_registers_lineage_moves_both_aliases_and_
     assert status.exit_code == 0, status.output
     assert f"champion   v1: run {run['id']}, eval {project.passed}, gate passed" in status.output
     assert "candidate  v1" in status.output and run["dataset"]["id"] in status.output
+    # Each stage's newest output says how long the run that wrote it took (issue 16).
+    stage_lines = [line for line in status.output.splitlines() if line.split()[:1] in (["run"], ["eval"])]
+    assert len(stage_lines) == 2 and all(", took " in line and " s" in line for line in stage_lines), status.output
+    as_json = json.loads(project.run("status", "--config", str(project.cfg), "--json").output)
+    newest_run = json.loads((project.root / "artifacts" / "runs" / as_json["run"]["id"] / "manifest.json").read_text())
+    assert as_json["run"]["wall_s"] == round(newest_run["timings"]["total_s"], 1)
+    assert all(isinstance(as_json[stage]["wall_s"], float) for stage in ("dataset", "split", "eval")), as_json
     history = project.run("history", "--config", str(project.cfg))
     assert "champion   none -> v1" in history.output and "promote" in history.output
 
