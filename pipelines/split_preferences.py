@@ -29,11 +29,6 @@ from pipelines.template import render_messages
 SETS = ("train", "validation")
 
 
-def read_pairs(curated: Path) -> list[dict[str, Any]]:
-    """The curated dataset's pairs ([] for a dataset curated before pairs existed)."""
-    return list(iter_pairs(curated))
-
-
 def iter_pairs(curated: Path) -> Iterator[dict[str, Any]]:
     """The curated dataset's pairs, one at a time (none before pairs existed)."""
     path = curated / "preferences.jsonl"
@@ -61,17 +56,6 @@ class SetLookup:
         key = np.uint64(value_hash(example_id))
         at = int(np.searchsorted(self.hashes, key))
         return self.names[self.codes[at]] if at < len(self.hashes) and self.hashes[at] == key else None
-
-
-def assign(pairs: list[dict[str, Any]], sets: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    """Each pair in the set of its example; pairs of regression or held-out examples in none."""
-    where = SetLookup.of(sets)
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in SETS}
-    for pair in pairs:
-        name = where(pair["example_id"])
-        if name in out:
-            out[name].append(pair)
-    return out
 
 
 def dpo_line(pair: dict[str, Any], config: PipelineConfig) -> dict[str, Any]:

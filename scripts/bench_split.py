@@ -38,13 +38,9 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_curate import WORDS, TreeRss  # noqa: E402 - the same vocabulary and RSS sampler
+
 REFERENCE_REV = "e578ac5"  # the last commit whose split loaded whole lists of dicts
-WORDS = ("account admin api app archive billing board calendar card comment csv dashboard data "
-         "deadline delete desktop domain download email export feature file filter folder guest "
-         "import integration invoice label limit link login mobile notification owner password "
-         "payment permission plan price project refund reminder report role seat security setting "
-         "share sprint sso storage subscription task team template timeline token trial upgrade "
-         "user webhook workspace").split()
 
 
 def sample_dataset() -> Path:
@@ -126,30 +122,20 @@ def worker(kind: str, config_path: Path, rev: str) -> None:
         return
     if module is None:
         from pipelines import split as module
+    tree = TreeRss()
     started = time.perf_counter()
     result = module.split(config, force=True)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "counts": result.manifest["counts"]}))
+    print(json.dumps({"seconds": seconds, "counts": result.manifest["counts"], "peak_rss_mib": tree.stop()}))
 
 
 def run(kind: str, config_path: Path, rev: str) -> dict:
-    """The worker in a subprocess, its process tree's RSS sampled every 0.1 s."""
-    import psutil
-
-    proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--config", str(config_path), "--rev", rev],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    parent, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            tree = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree))
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.1)
-    out, err = proc.communicate()
+    """The worker in a fresh subprocess; it samples its own process tree's RSS (TreeRss)."""
+    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--config", str(config_path), "--rev", rev],
+                          capture_output=True, cwd=REPO)
     if proc.returncode != 0:
-        return {"error": err.decode()[-2000:]}
-    return json.loads(out.decode().strip().splitlines()[-1]) | {"peak_rss_mib": peak / 2**20}
+        return {"error": proc.stderr.decode()[-2000:]}
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
 
 
 def main() -> None:
