@@ -245,8 +245,12 @@ def _show_trained(result: Any) -> None:
     say(f"  validation loss {losses['final_eval_loss']:.4f} ({verdict} the base model's {losses['base_eval_loss']:.4f})")
     if m.get("dpo"):  # DPO: the starting loss is log 2, the policy being the reference
         r = m["dpo"]["rewards"]
-        say(f"  method {m['method']} (beta {m['dpo']['beta']}): validation reward margin {r.get('margins')}, "
-            f"accuracy {r.get('accuracies')} (rewards.png)")
+        margin, accuracy = (f"{r[k]:.3f}" if isinstance(r.get(k), float) else r.get(k) for k in ("margins", "accuracies"))
+        say(f"  method {m['method']} (beta {m['dpo']['beta']}): validation reward margin {margin}, "
+            f"accuracy {accuracy} (rewards.png)")
+        if pairs := m["dpo"].get("pairs"):
+            say("  pairs: " + "; ".join(f"{name} " + ", ".join(f"{n} {source}" for source, n in by.items())
+                                        for name, by in pairs.items()))
     say(f"Run:      {result.path}   (adapter/, curves.png, manifest.json; MLflow run {m['mlflow']['run_id']})")
 
 

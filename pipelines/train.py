@@ -151,6 +151,10 @@ class TokenMeter:
             real = max(real, int((inputs["position_ids"] != 0).sum()))
         else:
             real = ids.numel()
+        if not self.window_real:
+            # A window starts at its first batch: validation and checkpoints since the last
+            # log line (or the base model's validation before step 1) are not training time.
+            self.window_started = time.perf_counter()
         self.real += real
         self.window_real += real
         self.padded += ids.numel()
@@ -181,6 +185,7 @@ class Prepared:
     mask: dict[str, Any]
     method: str = "sft"
     sft_phase: dict[str, Any] | None = None  # sft+dpo: what the SFT phase did
+    pairs: dict[str, dict[str, int]] | None = None  # dpo, sft+dpo: pairs per set and source
 
 
 def build_trainer(config: PipelineConfig, split_path: Path, work: Path, callbacks: list[Any]) -> Prepared:
@@ -398,7 +403,7 @@ def preference_record(prepared: Prepared, history: list[dict[str, Any]]) -> dict
     """A DPO run's extras: its beta, the SFT phase (sft+dpo) and the last validation rewards."""
     from pipelines.train_dpo import reward_series
 
-    return {"dpo": {"beta": prepared.trainer.args.beta, "sft_phase": prepared.sft_phase,
+    return {"dpo": {"beta": prepared.trainer.args.beta, "sft_phase": prepared.sft_phase, "pairs": prepared.pairs,
                     "rewards": reward_series(history), "curves": "rewards.png"}}
 
 

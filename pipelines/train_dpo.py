@@ -16,10 +16,12 @@ margins and accuracies (share of validation pairs whose chosen answer the policy
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import PipelineConfig
+from pipelines.contrast_pairs import contrast_pairs
 from pipelines.models import local_model_dir
 from pipelines.storage import iter_jsonl
 from pipelines.template import render_messages
@@ -34,20 +36,29 @@ def preference_row(pair: dict[str, Any], config: PipelineConfig) -> dict[str, An
             "rejected": [{"role": "assistant", "content": pair["rejected"]}]}
 
 
-def load_pairs(split_path: Path, config: PipelineConfig) -> tuple[Any, Any]:
+def load_pairs(split_path: Path, config: PipelineConfig) -> tuple[Any, Any, dict[str, dict[str, int]]]:
+    """The train and validation pairs `train.dpo.pairs` asks for: the logged ones split wrote,
+    and context-contrast pairs made from the set's own examples (pipelines/contrast_pairs.py)."""
     import datasets
 
     datasets.disable_progress_bars()
-    out = []
+    wanted = config.train.dpo.pairs
+    out, counts = [], {}
     for name in ("train", "validation"):
-        path = split_path / f"{name}.preferences.jsonl"
-        rows = [preference_row(p, config) for p in iter_jsonl(path)] if path.exists() else []
-        if not rows:
-            raise TrainError(f"train.method {config.train.method}: {path} holds no preference pairs; the curated "
-                             "logs need behaviour failures with both the production response and a correction "
-                             "(curate, then split again), or use train.method: sft")
-        out.append(datasets.Dataset.from_list(rows))
-    return out[0], out[1]
+        pairs: list[dict[str, Any]] = []
+        logged = split_path / f"{name}.preferences.jsonl"
+        if "logged" in wanted and logged.exists():
+            pairs += iter_jsonl(logged)
+        if "contrast" in wanted:
+            pairs += contrast_pairs(iter_jsonl(split_path / f"{name}.jsonl"), config)
+        if not pairs:
+            raise TrainError(f"train.method {config.train.method}: no {name} preference pairs of the kinds "
+                             f"train.dpo.pairs asks for ({', '.join(wanted)}) in {split_path}; logged pairs need "
+                             "behaviour failures with both the production response and a correction, contrast "
+                             "pairs answers citing some of several documents (or use train.method: sft)")
+        out.append(datasets.Dataset.from_list([preference_row(p, config) for p in pairs]))
+        counts[name] = dict(sorted(Counter(p["source"] for p in pairs).items()))
+    return out[0], out[1], counts
 
 
 def sft_phase(config: PipelineConfig, split_path: Path, work: WorkFolder, callbacks: list[Any]) -> dict[str, Any]:
@@ -84,7 +95,7 @@ def build_dpo_trainer(config: PipelineConfig, split_path: Path, work: WorkFolder
     sft_done = sft_phase(config, split_path, work, callbacks) if cfg.method == "sft+dpo" else None
     base = sft.set_up_base(config, str(local_model_dir(config.model.base, with_weights=True)))
     precision, attention, tokenizer, model = base.precision, base.attention, base.tokenizer, base.model
-    train_set, validation_set = load_pairs(split_path, config)
+    train_set, validation_set, pair_counts = load_pairs(split_path, config)
     peft_config: Any = base.lora
     if sft_done is not None:
         from peft import PeftModel
@@ -100,7 +111,7 @@ def build_dpo_trainer(config: PipelineConfig, split_path: Path, work: WorkFolder
                                   callbacks=list(callbacks) + sft.early_stopping(cfg))
     mask = {"train": completion_counts(trainer.train_dataset), "validation": completion_counts(trainer.eval_dataset)}
     prepared = Prepared(trainer, tokenizer, precision, "padded", attention, base.layers, base.n_layers, max_steps, mask)
-    prepared.method, prepared.sft_phase = cfg.method, sft_done
+    prepared.method, prepared.sft_phase, prepared.pairs = cfg.method, sft_done, pair_counts
     return prepared
 
 

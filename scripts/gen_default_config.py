@@ -66,6 +66,8 @@ def render_field(name: str, field: FieldInfo, value: Any, depth: int) -> list[st
         for sub, sub_field in type(value).model_fields.items():
             lines += render_field(sub, sub_field, getattr(value, sub), depth + 1)
         return lines
+    if field.default == "auto":
+        value = "auto"  # as a user writes it, before a validator resolves it (train.method)
     if isinstance(value, str) and ("\n" in value or len(value) > LONG_STRING):
         # A literal block keeps the newlines; a folded one reads as a paragraph.
         style, body = ("|-", value.split("\n")) if "\n" in value else (">-", wrap(value, indent + "  "))

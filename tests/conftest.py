@@ -219,7 +219,7 @@ def tiny_pipeline_config(ws: "Workspace", model_dir: Path, *, gate: dict | None 
                    "dedup": {"threshold": 0.9}},
         "split": {"validation_fraction": 0.2, "min_validation": 5, "min_train": 10,
                   "regression": {"size": 6, "path": "state/regression.jsonl"}},
-        "train": {"max_steps": 2, "eval_steps": 2, "save_steps": 2, "batch_size": 4, "eval_batch_size": 8,
+        "train": {"method": "sft", "max_steps": 2, "eval_steps": 2, "save_steps": 2, "batch_size": 4, "eval_batch_size": 8,
                   "lora": {"r": 4, "alpha": 8, "top_layers": None}, "precision": "fp32",
                   "early_stopping_patience": None},
         "tracking": {"uri": "sqlite:///artifacts/mlflow.db", "artifact_location": "artifacts/mlartifacts"},

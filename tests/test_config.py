@@ -137,3 +137,15 @@ def test_a_moved_key_names_where_it_went(tmp_path):
     path.write_text("curate:\n  min_context_support: 0.5\n")
     with pytest.raises(ConfigError, match=r"curate.min_context_support: unknown key \(moved to 'output.min_support'\)"):
         load_config(path)
+
+
+def test_train_method_auto_is_sft_then_dpo_locally_and_sft_on_openai():
+    """OpenAI's API has no SFT-then-DPO job, so the shipped `method: auto` must not make
+    `--backend openai` fail; an explicit method is kept on either backend."""
+    from pipelines.config import load_config
+
+    assert yaml.safe_load(DEFAULT.read_text())["train"]["method"] == "auto"
+    assert load_config(DEFAULT).train.method == "sft+dpo"
+    assert load_config(DEFAULT, ["train.backend=openai"]).train.method == "sft"
+    assert load_config(DEFAULT, ["train.backend=openai", "train.method=dpo"]).train.method == "dpo"
+    assert load_config(DEFAULT, ["train.method=sft"]).train.method == "sft"

@@ -13,7 +13,7 @@ from conftest import rag_logs, read_jsonl
 
 
 def train_config(ws, model_dir: Path, **train):
-    settings = {"max_steps": 6, "eval_steps": 3, "save_steps": 2, "batch_size": 4, "eval_batch_size": 8,
+    settings = {"method": "sft", "max_steps": 6, "eval_steps": 3, "save_steps": 2, "batch_size": 4, "eval_batch_size": 8,
                 "learning_rate": 5e-3, "lora": {"r": 4, "alpha": 8, "top_layers": None}, "precision": "fp32",
                 "early_stopping_patience": None}
     settings.update(train)
@@ -222,3 +222,19 @@ def test_force_replaces_a_finished_run(split_ready):
 def test_train_without_a_split_is_a_clear_error(workspace, tiny_model_dir):
     result = workspace.run("train", "--config", str(train_config(workspace, tiny_model_dir)))
     assert result.exit_code == 1 and "run `make split` first" in result.output
+
+
+def test_token_rate_window_starts_at_its_first_batch():
+    """The step-1 rate once counted the base model's validation pass as training time (58
+    tokens/s on the sample against ~540 for step 2): a window starts at its first batch."""
+    import time
+
+    from pipelines.train import TokenMeter
+
+    meter = TokenMeter()
+    time.sleep(0.5)  # the base model's validation, a checkpoint: not training
+    meter.add({"input_ids": torch.ones(2, 50, dtype=torch.long), "attention_mask": torch.ones(2, 50)})
+    time.sleep(0.05)
+    assert meter.window()["tokens_per_second"] > 100 / 0.3  # 100 tokens in ~0.05 s, not in 0.55 s
+    meter.add({"input_ids": torch.ones(1, 10, dtype=torch.long)})
+    assert meter.real == 110 and meter.window_real == 10

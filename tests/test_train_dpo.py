@@ -28,7 +28,7 @@ def _curate_split(ws, cfg):
 def test_dpo_trains_the_adapter_against_the_base_model_through_the_cli(pairs_ready):
     ws, model_dir = pairs_ready
     cfg = train_config(ws, model_dir, method="dpo", dpo={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3,
-                                                        "beta": 0.1}, eval_steps=2)
+                                                        "beta": 0.1, "pairs": ["logged"]}, eval_steps=2)
     _curate_split(ws, cfg)
     result = ws.run("train", "--config", str(cfg))
     assert result.exit_code == 0, result.output
@@ -56,7 +56,7 @@ def test_dpo_trains_the_adapter_against_the_base_model_through_the_cli(pairs_rea
 def test_sft_then_dpo_starts_dpo_from_the_sft_adapter(pairs_ready):
     ws, model_dir = pairs_ready
     cfg = train_config(ws, model_dir, method="sft+dpo", max_steps=3, eval_steps=3,
-                       dpo={"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3})
+                       dpo={"max_steps": 2, "batch_size": 4, "learning_rate": 5e-3, "pairs": ["logged"]})
     _curate_split(ws, cfg)
     result = ws.run("train", "--config", str(cfg))
     assert result.exit_code == 0, result.output
@@ -75,11 +75,15 @@ def test_dpo_without_pairs_is_a_clear_error(workspace, tiny_model_dir):
     for rec in logs:
         rec["response"] = ""  # no production response: no rejected side, no pair
     workspace.write_logs("a.jsonl", logs)
-    cfg = train_config(workspace, tiny_model_dir, method="dpo")
-    _curate_split(workspace, cfg)
-    result = workspace.run("train", "--config", str(cfg))
-    assert result.exit_code != 0
-    assert "holds no preference pairs" in result.output and "Traceback" not in result.output
+    # Logged pairs need a production response; contrast pairs need answers citing some of
+    # several documents (these have one each).
+    for pairs in (["logged"], ["contrast"], ["logged", "contrast"]):
+        cfg = train_config(workspace, tiny_model_dir, method="dpo", dpo={"pairs": pairs})
+        _curate_split(workspace, cfg)
+        result = workspace.run("train", "--config", str(cfg))
+        assert result.exit_code != 0
+        assert f"no train preference pairs of the kinds train.dpo.pairs asks for ({', '.join(pairs)})" in result.output
+        assert "Traceback" not in result.output
 
 
 class Crash(Exception):
@@ -94,7 +98,7 @@ def test_a_crash_in_the_dpo_phase_resumes_without_redoing_sft(pairs_ready):
 
     ws, model_dir = pairs_ready
     cfg = train_config(ws, model_dir, method="sft+dpo", max_steps=2, eval_steps=2,
-                       dpo={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3})
+                       dpo={"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3, "pairs": ["logged"]})
     _curate_split(ws, cfg)
     config = load_config(cfg)
 
@@ -119,3 +123,36 @@ def test_a_crash_in_the_dpo_phase_resumes_without_redoing_sft(pairs_ready):
     assert again.begun == 1  # only the DPO phase ran: the SFT adapter was kept
     assert m["steps"]["resumed_from"] == 2 and m["steps"]["done"] == 4 and m["dpo"]["sft_phase"]["steps"] == 2
     assert not work.exists()
+
+
+def test_the_compact_lm_head_matches_trls_head_and_its_gradients(tiny_model_dir):
+    """DPO's LM head on a CPU projects only the answer positions (pipelines/trainer.py): its
+    log-probabilities, metrics, loss and gradients equal trl's head, which scores every position."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from pipelines.trainer import project_labelled_positions_only
+
+    torch.manual_seed(0)
+    models = [AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32) for _ in range(2)]
+    fields = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
+    for model in models:
+        add_fused_lm_head(model, outputs=fields)
+    assert project_labelled_positions_only(models[1]) is True
+    ids = torch.randint(3, models[0].config.vocab_size, (3, 12))
+    labels = ids.clone()
+    labels[:, :8] = -100  # the prompt
+    labels[2, 10:] = -100  # a shorter answer, then padding
+    outs = [model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+            for model in models]
+    for name in fields:
+        assert torch.allclose(outs[0][name].float(), outs[1][name].float(), atol=1e-5), name
+    assert torch.equal(outs[0].label_mask, outs[1].label_mask)
+    assert torch.allclose(outs[0].loss, outs[1].loss, atol=1e-6)
+    for out in outs:
+        out.log_probs.sum().backward()
+    grads = [dict(m.named_parameters())["model.layers.0.mlp.up_proj.weight"].grad for m in models]
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    plain = models[1](input_ids=ids).logits  # without fused_lm_head: the model's own forward
+    assert plain.shape == (3, 12, models[0].config.vocab_size)

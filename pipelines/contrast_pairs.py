@@ -1,0 +1,73 @@
+"""Context-contrast preference pairs: when to answer and when to say "I don't know", taught
+by the documents alone.
+
+A model fine-tuned on refusals learns to refuse by the kind of question rather than by what
+the documents hold: on the shipped sample, the SFT adapter's refusal out-scored the reviewer's
+answer on 55 of 71 answerable validation prompts. DPO on minimal pairs removes that shortcut:
+the question stays the same and only the documents change. For a seeded share of the split's
+answerable RAG examples whose documents go beyond the ones their answer cites:
+
+- with all its documents: chosen is the reviewer's answer, rejected is "I don't know";
+- with only the documents its answer does not cite (what a retrieval miss looks like, and
+  harder than another question's documents): chosen is "I don't know", rejected is the
+  answer, which those documents no longer support.
+
+They are made at train time from the split's own sets (train pairs from train examples,
+validation pairs from validation examples), so they can never leak across sets, and the
+selection (the smallest hashes of the example ids) does not depend on file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from pipelines.answers import AnswerContract
+from pipelines.config import PipelineConfig
+
+
+def _order(example_id: str) -> str:
+    return hashlib.blake2b(example_id.encode(), digest_size=8).hexdigest()
+
+
+def uncited_documents(example: dict[str, Any], rules: AnswerContract) -> list[dict[str, Any]] | None:
+    """The example's documents its answer does not cite, when they do not support the answer;
+    None when the example cannot make a pair (a refusal, no citations, nothing left, or the
+    answer still supported by what is left)."""
+    if example.get("kind", "rag") != "rag":
+        return None
+    answer = rules.parse(example["ideal_answer"])
+    if answer.refusal or not answer.citations:
+        return None
+    cited = set(answer.citations)
+    rest = [c for c in example.get("contexts") or [] if c["id"] not in cited]
+    if not rest or rules.supported(answer, [c["text"] for c in rest]):
+        return None
+    return rest
+
+
+def contrast_pairs(examples: Iterable[dict[str, Any]], config: PipelineConfig) -> list[dict[str, Any]]:
+    """Two pairs for each of the first `train.dpo.contrast_fraction` x (RAG examples) eligible
+    examples in hash order, in the preference-pair record shape."""
+    rules = AnswerContract(config.output)
+    idk = rules.canonical(rules.idk())
+    rag = [e for e in examples if e.get("kind", "rag") == "rag"]
+    eligible = []
+    for example in rag:
+        rest = uncited_documents(example, rules)
+        if rest is not None:
+            eligible.append((_order(example["id"]), example, rest))
+    eligible.sort(key=lambda t: t[0])
+    wanted = round(config.train.dpo.contrast_fraction * len(rag))
+    pairs = []
+    for _, example, rest in eligible[:wanted]:
+        shared = {"example_id": example["id"], "kind": "rag", "label": example.get("label"),
+                  "cluster_id": example.get("cluster_id"), "session_id": example.get("session_id"),
+                  "query": example["query"]}
+        suffix = example["id"].removeprefix("ex-")
+        pairs.append({**shared, "id": f"pr-answer-{suffix}", "source": "contrast_answer",
+                      "contexts": example["contexts"], "chosen": example["ideal_answer"], "rejected": idk})
+        pairs.append({**shared, "id": f"pr-refuse-{suffix}", "source": "contrast_refusal",
+                      "contexts": rest, "chosen": idk, "rejected": example["ideal_answer"]})
+    return pairs
