@@ -136,7 +136,7 @@ def _show_curated(result: Any) -> None:
     say(f"Dataset:  {result.path}")
     say("  examples.jsonl, rag_backlog.jsonl, quarantine.jsonl, report.md, report.html, manifest.json")
     if m.get("preferences"):
-        say(f"  preferences.jsonl: {m['preferences']['pairs']} preference pairs (for train.method dpo)")
+        say(f"  preferences.jsonl: {m['preferences']['pairs']} logged preference pairs (for DPO with train.dpo.pairs: [logged])")
 
 
 @app.command()

@@ -116,10 +116,9 @@ class DedupConfig(Strict):
 
 
 class IdkConfig(Strict):
-    # Synthetic "I don't know": a kept example's query with documents that lack its answer.
-    # Off by default: as SFT targets they taught the sample's fine-tune to refuse by the kind
-    # of question (66.7% of answerable questions refused); the LoRA default teaches refusal
-    # with DPO on context-contrast pairs instead (train.dpo.pairs).
+    # Synthetic "I don't know": a kept example's query with documents that lack its answer. Off
+    # by default: they taught the sample's fine-tune to refuse by the kind of question (66.7% of
+    # answerable questions refused); the LoRA default uses contrast pairs (train.dpo.pairs).
     synthetic_fraction: float = Field(
         0.0, ge=0.0, le=1.0, description='extra "I don\'t know" examples, as a share of kept examples')
     max_share: float = Field(0.25, ge=0.0, le=1.0, description='most refusals among RAG examples (all sources)')

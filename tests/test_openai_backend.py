@@ -193,7 +193,9 @@ def test_no_yes_no_spending_and_a_bad_file_is_refused_before_any_upload(project)
         refused = project.train()  # CliRunner's stdin is not a terminal
         assert refused.exit_code == 1 and "--yes" in flat(refused) and "billed tokens" in flat(refused)
         with pytest.raises(TrainError, match="not confirmed"):
-            train(load_config(project.cfg), confirm=lambda estimate: estimate["billed_tokens"] < 0, track=False)
+            # As the CLI's --backend openai loads it (train.method auto resolves to sft there).
+            train(load_config(project.cfg, ["train.backend=openai"]),
+                  confirm=lambda estimate: estimate["billed_tokens"] < 0, track=False)
         assert server.state.requests == []  # not one request before a yes
 
         path = project.split / "train.openai.jsonl"
