@@ -314,8 +314,8 @@ class TrainConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _resolve_method(cls, data: Any) -> Any:
-        # LoRA: SFT teaches the answers, DPO on contrast pairs when to refuse (README, "What
-        # the default fine-tune learns"); OpenAI's API has no SFT-then-DPO job.
+        # LoRA: SFT teaches the answers, DPO on contrast pairs when to refuse (README, "How
+        # the default fine-tune was found"); OpenAI's API has no SFT-then-DPO job.
         if isinstance(data, dict) and data.get("method", "auto") == "auto":
             return {**data, "method": "sft" if data.get("backend") == "openai" else "sft+dpo"}
         return data

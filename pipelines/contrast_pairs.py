@@ -4,7 +4,7 @@ by the documents alone.
 A model fine-tuned on refusals learns to refuse by the kind of question rather than by what
 the documents hold: on the shipped sample, the SFT adapter's refusal out-scored the reviewer's
 answer on 55 of 71 answerable validation prompts. DPO on minimal pairs removes that shortcut:
-the question stays the same and only the documents change. For a seeded share of the split's
+the question stays the same and only the documents change. For a share of the split's
 answerable RAG examples whose documents go beyond the ones their answer cites:
 
 - with all its documents: chosen is the reviewer's answer, rejected is "I don't know";
@@ -32,11 +32,9 @@ def _order(example_id: str) -> str:
 
 
 def uncited_documents(example: dict[str, Any], rules: AnswerContract) -> list[dict[str, Any]] | None:
-    """The example's documents its answer does not cite, when they do not support the answer;
+    """A RAG example's documents its answer does not cite, when they do not support the answer;
     None when the example cannot make a pair (a refusal, no citations, nothing left, or the
     answer still supported by what is left)."""
-    if example.get("kind", "rag") != "rag":
-        return None
     answer = rules.parse(example["ideal_answer"])
     if answer.refusal or not answer.citations:
         return None

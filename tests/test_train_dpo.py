@@ -77,9 +77,9 @@ def test_dpo_without_pairs_is_a_clear_error(workspace, tiny_model_dir):
     workspace.write_logs("a.jsonl", logs)
     # Logged pairs need a production response; contrast pairs need answers citing some of
     # several documents (these have one each).
+    _curate_split(workspace, train_config(workspace, tiny_model_dir, method="dpo"))
     for pairs in (["logged"], ["contrast"], ["logged", "contrast"]):
         cfg = train_config(workspace, tiny_model_dir, method="dpo", dpo={"pairs": pairs})
-        _curate_split(workspace, cfg)
         result = workspace.run("train", "--config", str(cfg))
         assert result.exit_code != 0
         assert f"no train preference pairs of the kinds train.dpo.pairs asks for ({', '.join(pairs)})" in result.output
