@@ -105,6 +105,7 @@ bench: train
 	$(BIN)/python scripts/bench_split.py
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_eval.py
+	$(BIN)/python scripts/bench_stages.py
 
 # Regenerate the shipped sample (it is committed; this is only needed to change it).
 sample: setup

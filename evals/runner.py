@@ -44,6 +44,7 @@ from evals.providers import GenerationCache, HFModel, OpenAIModel, ProviderError
 from evals.scorers import Scores, score
 from evals.suites import Suite, SuiteError, load_suites, suite_versions
 from evals.suites import split_item as _ideal_to_item  # noqa: F401  (scripts/bench_eval.py imports it from here)
+from pipelines.clock import memory_peak_mb, restart_memory_peak
 from pipelines.config import PipelineConfig, PriceConfig
 from pipelines.contracts import ContractError, EvalReport, RunManifest, SplitManifest, read_manifest
 from pipelines.stage import Stage, utc_now
@@ -438,6 +439,7 @@ def evaluate(config: PipelineConfig, *, force: bool = False, progress: Progress 
     """The eval stage: the recipe in this module's docstring, step by step."""
     progress = progress or Progress()
     started = time.perf_counter()
+    restart_memory_peak()
     inputs = gather_inputs(config)
     stage = Stage.identify("eval", "eval", Path(config.eval.output_dir), eval_key_payload(config, inputs),
                            code_module=__name__)
@@ -449,6 +451,7 @@ def evaluate(config: PipelineConfig, *, force: bool = False, progress: Progress 
     with stage.commit() as tmp:  # a --force rebuild keeps the old eval until this one is whole
         write_outputs(tmp, config, inputs, report, generations, scores)
         timings["total_s"] = round(time.perf_counter() - started, 2)
+        timings["peak_rss_mb"] = memory_peak_mb()
         manifest = eval_manifest(stage, config, inputs, report, cache_stats, timings)
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     _track(config, inputs.run, report, stage.final, log)

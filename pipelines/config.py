@@ -336,7 +336,7 @@ class TrackingConfig(Strict):
 class HFProviderConfig(Strict):
     # Prompts per generate() call; predictions do not depend on it (tested). On a CPU a
     # decoding step costs little more for 32 rows than for 1, so bigger batches pay.
-    batch_size: int = Field(32, ge=1, description="prompts per generate call; predictions do not depend on it")
+    batch_size: int = Field(32, ge=1, description="rows decoded at once (float32 predictions do not depend on it)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on CPUs with AVX512-BF16 or AMX, else float32; both contenders alike")
 

@@ -115,7 +115,7 @@ class TrainProgress(ProgressView):
 
     def __init__(self) -> None:
         super().__init__()
-        self.total, self.done, self.tenth, self.started = 1, 0, 0, False
+        self.total, self.done, self.tenth, self.started, self.phases = 1, 0, 0, False, 0
 
     def start(self, total: int, done: int) -> None:
         self.open_bar("train", total, TextColumn("step {task.completed}/{task.total}"),
@@ -123,6 +123,11 @@ class TrainProgress(ProgressView):
                       completed=done, loss="-", val="-", rate="-")
         self.total, self.done, self.tenth = max(total, 1), done, int(10 * done / max(total, 1))
         self.started = True
+
+    def stop(self) -> None:
+        # sft+dpo: the DPO phase's starting point is measured before its step count is known.
+        self.started, self.phases = False, self.phases + 1
+        super().stop()
 
     def step(self, done: int) -> None:
         self.update(completed=done)
@@ -141,8 +146,9 @@ class TrainProgress(ProgressView):
             fields["rate"] = f"{logs['tokens_per_second']:,.0f}"
         if "eval_loss" in logs:
             fields["val"] = f"{logs['eval_loss']:.3f}"
-            # The base model is measured before training starts, when the step count is not known yet.
-            where = f"step {step}/{self.total}" if self.started else "base model"
+            # The starting point is measured before training starts, when the step count is not known yet.
+            where = f"step {step}/{self.total}" if self.started else ("base model" if not self.phases else
+                                                                    "start of the next phase")
             self.line(f"  {where}: validation loss {logs['eval_loss']:.4f}")
         self.update(**fields)
 

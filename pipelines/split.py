@@ -38,6 +38,7 @@ import numpy as np
 import orjson
 
 from pipelines.answers import is_cited_answer, parse_answer
+from pipelines.clock import memory_peak_mb, restart_memory_peak
 from pipelines.config import OutputConfig, PipelineConfig, SplitConfig
 from pipelines.contracts import ContractError, CurateManifest, read_manifest
 from pipelines.minhash import MinHasher
@@ -407,6 +408,7 @@ def assign_sets(config: PipelineConfig, source: CuratedSource, stage: Stage, has
 def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None) -> SplitResult:
     """The recipe of the module docstring, step by step."""
     started = time.perf_counter()
+    restart_memory_peak()
     source = read_curated(config)
     regression_path = config.regression_path()
     stage = identify(config, source)
@@ -443,7 +445,8 @@ def split(config: PipelineConfig, *, force: bool = False, tokenizer: Any = None)
                     | exports | baseline | preferences
                     | {"few_shot_ids": [e["id"] for e in shots],
                        "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
-                       "timings": {"total_s": round(time.perf_counter() - started, 3)}})
+                       "timings": {"total_s": round(time.perf_counter() - started, 3),
+                                   "peak_rss_mb": memory_peak_mb()}})
         (tmp / "manifest.json").write_bytes(dumps(manifest))
     # The regression set is pipeline state: written only after the split landed.
     if drawn:

@@ -70,12 +70,15 @@ def wall_seconds(manifest: dict[str, Any]) -> float | None:
 
 
 def _took(info: dict[str, Any]) -> str:
-    return f", took {info['wall_s']:,.1f} s" if isinstance(info.get("wall_s"), float) else ""
+    took = f", took {info['wall_s']:,.1f} s" if isinstance(info.get("wall_s"), float) else ""
+    peak = info.get("peak_rss_mb")
+    return took + (f", peak memory {peak / 1024:.1f} GiB" if isinstance(peak, (int, float)) else "")
 
 
 def _stage_summary(key: str, folder: Path, ident: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """What `status` shows of one stage's newest output."""
-    info: dict[str, Any] = {"id": ident, "created_at": manifest.get("created_at"), "wall_s": wall_seconds(manifest)}
+    info: dict[str, Any] = {"id": ident, "created_at": manifest.get("created_at"), "wall_s": wall_seconds(manifest),
+                            "peak_rss_mb": (manifest.get("timings") or {}).get("peak_rss_mb")}
     if key == "dataset":
         info["examples"] = manifest["counts"]["examples"]
         info["decision"] = manifest["decision"]["verdict"]

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from pipelines import tracking
+from pipelines.clock import memory_peak_mb, restart_memory_peak
 from pipelines.config import PipelineConfig
 from pipelines.contracts import SplitManifest, read_manifest
 from pipelines.models import base_model_id, local_model_dir
@@ -217,6 +218,7 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
           callbacks: list[Any] | None = None, track: bool = True) -> TrainResult:
     """Steps 1-5. Raises TrainError with a message fit to show."""
     started = time.perf_counter()
+    restart_memory_peak()
     split_path, split_manifest = read_split(config)
     stage = Stage.identify("train", "run", Path(config.train.output_dir), run_key_payload(config, split_manifest),
                            code_module=__name__)
@@ -287,9 +289,9 @@ def start_tracking(config: PipelineConfig, work: WorkFolder, run_id: str, split_
 
 
 def lora_callbacks(mlflow_run: str | None, progress: Progress) -> list[Any]:
-    from pipelines.trainer import MlflowMetrics, ProgressBar
+    from pipelines.trainer import FreedMemoryBack, MlflowMetrics, ProgressBar
 
-    return [MlflowMetrics(mlflow_run), ProgressBar(progress)]
+    return [MlflowMetrics(mlflow_run), ProgressBar(progress), FreedMemoryBack()]
 
 
 def measure_base_model(trainer: Any, work: WorkFolder, mlflow_run: str | None) -> None:
@@ -394,7 +396,8 @@ def run_manifest(config: PipelineConfig, split_path: Path, split_manifest: dict[
                    "trained_this_session": meter.trained,
                    "padding_share": round(meter.padding_share, 4),
                    "tokens_per_second": round(meter.real / max(fit.train_seconds, 1e-9), 1)},
-        "timings": {"train_s": round(fit.train_seconds, 1), "total_s": round(time.perf_counter() - started, 1)},
+        "timings": {"train_s": round(fit.train_seconds, 1), "total_s": round(time.perf_counter() - started, 1),
+                    "peak_rss_mb": memory_peak_mb()},
         "mlflow": {"run_id": mlflow_run, "experiment": tracking.experiment_name(config)},
     }
 

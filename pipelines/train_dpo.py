@@ -16,6 +16,7 @@ margins and accuracies (share of validation pairs whose chosen answer the policy
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def sft_phase(config: PipelineConfig, split_path: Path, work: WorkFolder, callba
     """sft+dpo's first phase: the SFT recipe in `<work>/sft`, resumable; its adapter is kept
     in `<work>/sft-adapter` so a resumed run goes straight to DPO."""
     from pipelines import train as lora
+    from pipelines import trainer as sft
 
     adapter = work.path / "sft-adapter"
     if "sft_phase" in work.state and (adapter / "adapter_config.json").exists():
@@ -79,7 +81,10 @@ def sft_phase(config: PipelineConfig, split_path: Path, work: WorkFolder, callba
                                sft_work.state["base_eval_loss"], "final_eval_loss": fit.final_eval_loss,
                                "mean_train_loss": fit.mean_train_loss, "train_s": round(fit.train_seconds, 1)}
     work.save()
-    del prepared
+    # The SFT model, optimizer and batches go before DPO loads its own model.
+    del prepared, fit
+    gc.collect()
+    sft.return_freed_memory()
     return work.state["sft_phase"]
 
 

@@ -326,6 +326,36 @@ class MlflowMetrics(TrainerCallback):
         mlflow.log_metrics(metrics, step=state.global_step, run_id=self.mlflow_run)
 
 
+def return_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing).
+
+    torch frees a CPU tensor to malloc, and glibc keeps what it gets back: with batches of
+    different lengths the heap's free space grows step by step (the sample's SFT phase went
+    from 3.8 to 4.9 GB of RSS over 54 steps with the same live tensors) and nothing else on
+    the machine can use it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
+class FreedMemoryBack(TrainerCallback):
+    """`return_freed_memory` after every optimizer step and validation pass."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        return_freed_memory()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        return_freed_memory()
+
+
 class ProgressBar(TrainerCallback):
     """Feeds the caller's progress display (`train.Progress`)."""
 

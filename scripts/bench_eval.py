@@ -8,8 +8,8 @@ same run.
    fine-tune prompt and through the baseline's strong prompt) on the base model (+ the newest
    run's adapter when there is one), greedy, in eval.hf.dtype ("auto": bfloat16 on CPUs with
    AVX512-BF16 or AMX), transformers' generate one prompt per call vs. refit's hf provider
-   (length-sorted left-padded batches, the shared prefix computed once, rows leaving as they
-   end). Printed: both times, the ratio (target >= 8x) and the share of identical outputs
+   (length-sorted groups decoded with continuous batching, the shared prefix computed once
+   and kept in one copy, a cache that grows in place: evals/decoding.py). Printed: both times, the ratio (target >= 8x) and the share of identical outputs
    (float32: all; bfloat16 rounds differently with different batch-mates, so a few differ).
    llama.cpp on the shipped GGUF, one prompt at a time, is a third reference when
    llama-cpp-python is installed.

@@ -1,6 +1,7 @@
 """The hf provider's speed features keep predictions exact: bfloat16 decoding equals
-transformers' own greedy generate in bfloat16, and the shared instructions and few-shot
-examples are computed once per eval, not once per batch."""
+transformers' own greedy generate in bfloat16, the shared instructions and few-shot
+examples are computed once per eval, not once per batch, and continuous batching (rows that
+end make room for the next prompts) gives every prompt the answer it gets alone."""
 
 from __future__ import annotations
 
@@ -58,16 +59,48 @@ def test_auto_dtype_follows_the_cpu():
     assert resolve_dtype("float32") == "float32"
 
 
-def test_a_resumed_bfloat16_run_decodes_its_batches_as_the_first_did(bf16_model):
-    """bfloat16 rounding depends on a row's batch-mates, so batches are planned over every
-    prompt and fully cached ones skipped: the rest are the very batches of a full run."""
-    prompts = prompts_for(bf16_model, shared_system=True)
+def test_a_resumed_bfloat16_run_decodes_its_groups_as_the_first_did(bf16_model):
+    """bfloat16 rounding depends on a row's batch-mates, so groups are planned over every
+    prompt and fully cached ones skipped: the rest are the very groups of a full run."""
+    prompts = prompts_for(bf16_model, shared_system=True) + prompts_for(bf16_model, shared_system=False)
     full = bf16_model.generate(prompts, batch_size=2, max_new_tokens=12)
     lengths = [len(bf16_model.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    first_batch = sorted(range(len(prompts)), key=lambda i: -lengths[i])[:2]
+    first_group = sorted(range(len(prompts)), key=lambda i: -lengths[i])[:2 * bf16_model.GROUP_BATCHES]
+    assert len(first_group) < len(prompts)  # two groups: one cached, one decoded again
     committed = []
-    rest = bf16_model.generate(prompts, batch_size=2, max_new_tokens=12, cached=first_batch,
+    rest = bf16_model.generate(prompts, batch_size=2, max_new_tokens=12, cached=first_group,
                                on_results=committed.extend)
-    missing = [i for i in range(len(prompts)) if i not in first_batch]
+    missing = [i for i in range(len(prompts)) if i not in first_group]
     assert [g.text for g in rest] == [full[i].text for i in missing]
     assert sorted(i for i, _ in committed) == missing
+
+
+def test_continuous_batching_gives_each_prompt_its_answer_alone(wandering_model, monkeypatch):  # noqa: F811
+    """Rows that end at different steps make room for the next prompts, joined to rows still
+    decoding (left-padded to a common width, all-padding columns cut; newcomers without the
+    batch's shared prefix wait for it to drain): every prompt still gets exactly its own
+    greedy answer, whatever the slots."""
+    from collections import Counter
+
+    import evals.decoding as decoding
+
+    model = wandering_model
+    prompts = [model.tokenizer(p, add_special_tokens=False)["input_ids"]
+               for p in prompts_for(model, shared_system=True) + prompts_for(model, shared_system=False)]
+    joins = []  # (batch's prefix length, newcomers' prefix length)
+    real = decoding.Batch.joined
+    monkeypatch.setattr(decoding.Batch, "joined", lambda self, rows, filled: (
+        joins.append((len(self.prefix_ids), len(filled.prefix_ids))), real(self, rows, filled))[1])
+    with torch.inference_mode():
+        free = decoding.decode_group(model.load(), model._prefill, prompts, 1, 24, eos=-1)  # no stop token
+        # A stand-in stop token that each prompt reaches at a different step (or never).
+        firsts = Counter(t for out in free for t in set(out[1:]))
+        stop = max(firsts, key=lambda t: (len({out.index(t) for out in free if t in out[1:]}), firsts[t]))
+        expected = [out[:out.index(stop) + 1] if stop in out else out for out in free]
+        assert len({len(e) for e in expected}) >= 3, expected  # the rows really end at different steps
+        for slots in (1, 2, 3, 5):
+            ended = []
+            assert decoding.decode_group(model.load(), model._prefill, prompts, slots, 24, stop, ended.append) == expected
+            assert sorted(ended) == list(range(len(prompts)))
+    assert {a for a, _ in joins} >= {0} and any(a for a, _ in joins)  # joins with and without a prefix
+    assert all(a == b for a, b in joins)  # never rows of two prefixes in one batch

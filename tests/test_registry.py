@@ -106,6 +106,10 @@ def test_promote_with_a_passing_report_registers_lineage_moves_both_aliases_and_
     newest_run = json.loads((project.root / "artifacts" / "runs" / as_json["run"]["id"] / "manifest.json").read_text())
     assert as_json["run"]["wall_s"] == round(newest_run["timings"]["total_s"], 1)
     assert all(isinstance(as_json[stage]["wall_s"], float) for stage in ("dataset", "split", "eval")), as_json
+    # ... and its peak memory, counted from the stage's start even when stages share a process.
+    peaks = {stage: as_json[stage]["peak_rss_mb"] for stage in ("dataset", "split", "run", "eval")}
+    assert all(isinstance(mb, float) and 10 < mb < 64 * 1024 for mb in peaks.values()), peaks
+    assert all(", peak memory " in line and " GiB" in line for line in stage_lines), status.output
     history = project.run("history", "--config", str(project.cfg))
     assert "champion   none -> v1" in history.output and "promote" in history.output
 

@@ -238,3 +238,27 @@ def test_token_rate_window_starts_at_its_first_batch():
     assert meter.window()["tokens_per_second"] > 100 / 0.3  # 100 tokens in ~0.05 s, not in 0.55 s
     meter.add({"input_ids": torch.ones(1, 10, dtype=torch.long)})
     assert meter.real == 110 and meter.window_real == 10
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_freed_memory_goes_back_to_the_os_after_each_step():
+    """glibc keeps what torch frees: heap chunks freed between live ones stay resident until
+    malloc_trim. Training trims after every step and validation pass (FreedMemoryBack)."""
+    from pipelines.train import lora_callbacks
+    from pipelines.trainer import FreedMemoryBack, return_freed_memory
+
+    def rss_mb() -> int:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) // 1024
+
+    chunks, pins = [], []
+    for _ in range(3000):  # 100 KB each: below glibc's mmap threshold, so on the heap
+        chunks.append(bytearray(100 * 1024))
+        pins.append(bytearray(64))  # a live neighbour after each, so the heap cannot shrink from the top
+    for chunk in chunks:
+        chunk[::4096] = b"x" * len(chunk[::4096])  # touch every page
+    del chunks
+    held = rss_mb()
+    return_freed_memory()
+    assert held - rss_mb() > 150, "malloc_trim returned nothing"
+    assert any(isinstance(c, FreedMemoryBack) for c in lora_callbacks(None, object()))
+    assert pins

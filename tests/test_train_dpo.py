@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 
 import pytest
@@ -68,6 +69,10 @@ def test_sft_then_dpo_starts_dpo_from_the_sft_adapter(pairs_ready):
     # DPO's reference is the SFT adapter: at its first step the loss is log 2 again.
     assert m["losses"]["base_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert m["steps"]["done"] == 2
+    # Off a terminal each phase's starting point is named, never with the other phase's steps.
+    assert re.search(r"^  base model: validation loss ", result.output, re.M), result.output
+    assert re.search(r"^  start of the next phase: validation loss ", result.output, re.M), result.output
+    assert not re.search(r"step 0/\d+: validation loss", result.output), result.output
 
 
 def test_dpo_without_pairs_is_a_clear_error(workspace, tiny_model_dir):
