@@ -121,12 +121,12 @@ def growing_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], room: int) ->
 @dataclass
 class Prefilled:
     """Prompts run through the model: their own keys and values per layer (after the shared
-    prefix, when there is one), their attention mask (0 over left padding) and the logits of
-    each row's last position."""
+    prefix, when there is one), their attention mask (0 over left padding) and each row's
+    next token (the first of its answer, straight after a prefill)."""
 
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     mask: torch.Tensor
-    logits: torch.Tensor
+    tokens: torch.Tensor
     prefix: Prefix | None = None
     prefix_ids: tuple[int, ...] = ()
 
@@ -135,10 +135,10 @@ class Batch:
     """The rows decoding together: which prompt each row is, whether it is still going, its
     last token, the shared prefix, the rows' attention mask and cache."""
 
-    def __init__(self, rows: list[int], alive: list[bool], last: torch.Tensor, state: Prefilled, room: int):
+    def __init__(self, rows: list[int], alive: list[bool], state: Prefilled, room: int):
         # Columns that are padding in every row are cut: attention over them is pure waste.
         start = int(state.mask.any(0).nonzero()[0]) if state.mask.any() else 0
-        self.rows, self.alive, self.last, self.room = rows, alive, last, room
+        self.rows, self.alive, self.last, self.room = rows, alive, state.tokens, room
         self.prefix, self.prefix_ids = state.prefix, state.prefix_ids
         self.mask = state.mask[:, start:]
         self.cache = growing_cache([(k[:, :, start:], v[:, :, start:]) for k, v in state.layers], room)
@@ -151,8 +151,8 @@ class Batch:
         layers = [(layer.keys, layer.values) for layer in self.cache.layers]
         if index is not None:
             layers = [(k[index], v[index]) for k, v in layers]
-        mask = self.mask if index is None else self.mask[index]
-        return Prefilled(layers, mask, self.last, self.prefix, self.prefix_ids)
+        mask, last = (self.mask, self.last) if index is None else (self.mask[index], self.last[index])
+        return Prefilled(layers, mask, last, self.prefix, self.prefix_ids)
 
     def positions(self) -> torch.Tensor:
         """Each row's position for its next token: the prefix, then its own real tokens."""
@@ -161,7 +161,7 @@ class Batch:
     def keep_alive(self) -> Batch:
         keep = [i for i, going in enumerate(self.alive) if going]
         index = torch.tensor(keep, dtype=torch.long)
-        return Batch([self.rows[i] for i in keep], [True] * len(keep), self.last[index], self.state(index), self.room)
+        return Batch([self.rows[i] for i in keep], [True] * len(keep), self.state(index), self.room)
 
     def joined(self, rows: list[int], filled: Prefilled) -> Batch:
         """This batch and newly prefilled rows of the same prefix, the shorter side left-padded
@@ -179,10 +179,9 @@ class Batch:
 
         layers = [(torch.cat([pad(k, 2), pad(nk, 2)]), torch.cat([pad(v, 2), pad(nv, 2)]))
                   for (k, v), (nk, nv) in zip(mine.layers, filled.layers)]
-        state = Prefilled(layers, torch.cat([pad(mine.mask, 1), pad(filled.mask, 1)]), filled.logits,
-                          filled.prefix, filled.prefix_ids)
-        return Batch(self.rows + rows, self.alive + [True] * len(rows),
-                     torch.cat([self.last, filled.logits.argmax(-1)]), state, self.room)
+        state = Prefilled(layers, torch.cat([pad(mine.mask, 1), pad(filled.mask, 1)]),
+                          torch.cat([mine.tokens, filled.tokens]), filled.prefix, filled.prefix_ids)
+        return Batch(self.rows + rows, self.alive + [True] * len(rows), state, self.room)
 
 
 def decode_group(model: Any, prefill: Callable[[list[list[int]]], Prefilled], prompts: list[list[int]], slots: int,
@@ -209,7 +208,7 @@ def decode_group(model: Any, prefill: Callable[[list[list[int]]], Prefilled], pr
 
     def admit(rows: list[int], filled: Prefilled) -> Batch:
         """`rows` into the batch (a new one when there is none); their first tokens recorded."""
-        grown = (Batch(rows, [True] * len(rows), filled.logits.argmax(-1), filled, max_new_tokens)
+        grown = (Batch(rows, [True] * len(rows), filled, max_new_tokens)
                  if batch is None else batch.joined(rows, filled))
         new, alive = grown.size - len(rows), grown.alive[grown.size - len(rows):]
         record(rows, grown.last[new:].tolist(), alive)

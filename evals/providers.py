@@ -264,7 +264,8 @@ class HFModel:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                        past_key_values=cache, use_cache=True, logits_to_keep=torch.tensor([-1]),
                        shared_prefix=prefix).logits
-        return Prefilled([(layer.keys, layer.values) for layer in cache.layers], attention_mask, logits[:, -1],
+        return Prefilled([(layer.keys, layer.values) for layer in cache.layers], attention_mask,
+                         logits[:, -1].argmax(-1),
                          prefix, tuple(prompts[0][:shared]))
 
 
