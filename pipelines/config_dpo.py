@@ -22,6 +22,9 @@ class DpoSettings(BaseModel):
         "contrast (a question with its documents vs with only the ones its answer does not cite)"))
     contrast_fraction: float = Field(0.1, gt=0, le=1, description=(
         "contrast pairs: share of the split's RAG examples that each give two pairs"))
+    contrast_refusal: Literal["uncited", "answer_removed"] = Field("uncited", description=(
+        "contrast pairs: the documents of the refusal side: uncited (only those the answer does not cite) "
+        "or answer_removed (all of them, less the sentences that hold the answer)"))
     learning_rate: float = Field(1e-4, gt=0, description="LoRA backend: peak learning rate of the DPO phase")
     epochs: float = Field(1.0, gt=0, description="LoRA backend: passes over the training pairs")
     max_steps: int | None = Field(None, ge=1, description="LoRA backend: overrides dpo.epochs when set")

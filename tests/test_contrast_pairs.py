@@ -23,8 +23,8 @@ def example(i: int, contexts: list, ideal: str, kind: str = "rag") -> dict:
 REFUND_ANSWER = answer("Refunds are available within 30 days of purchase [refund-policy].", "refund-policy")
 
 
-def config(fraction: float = 1.0) -> PipelineConfig:
-    return PipelineConfig.model_validate({"train": {"dpo": {"contrast_fraction": fraction}}})
+def config(fraction: float = 1.0, refusal: str = "uncited") -> PipelineConfig:
+    return PipelineConfig.model_validate({"train": {"dpo": {"contrast_fraction": fraction, "contrast_refusal": refusal}}})
 
 
 def test_an_answer_citing_one_of_its_documents_gives_a_pair_each_way():
@@ -50,6 +50,31 @@ def test_examples_that_cannot_make_a_pair_are_skipped():
         example(5, [], "Paris is the capital of France.", kind="general"),
     ]
     assert contrast_pairs(skipped, config()) == []
+
+
+def test_answer_removed_keeps_every_document_less_the_sentence_that_holds_the_answer():
+    pairs = contrast_pairs([example(1, [REFUND, TEAM], REFUND_ANSWER), example(2, [REFUND], REFUND_ANSWER)],
+                           config(refusal="answer_removed"))
+    refusals = {p["example_id"]: p for p in pairs if p["source"] == "contrast_refusal"}
+    rest = {**REFUND, "text": "After 30 days no refund is given."}
+    # the cited document stays, on its topic, without the sentence the answer came from; a
+    # lone cited document is enough now that it is not taken out whole
+    assert {i: p["contexts"] for i, p in refusals.items()} == {"ex-000000000001": [rest, TEAM], "ex-000000000002": [rest]}
+    assert all((p["chosen"], p["rejected"]) == (IDK, REFUND_ANSWER) for p in refusals.values())
+    assert {p["example_id"]: p["contexts"] for p in pairs if p["source"] == "contrast_answer"} == {
+        "ex-000000000001": [REFUND, TEAM], "ex-000000000002": [REFUND]}
+
+
+def test_answer_removed_takes_sentences_until_the_answer_is_unsupported_and_skips_what_cannot():
+    # the answer's sentence, then the one that repeats it
+    two = ctx("refund-policy", "Refunds are available within 30 days of purchase. Within 30 days, refunds are available. Call us.")
+    (refusal,) = [p for p in contrast_pairs([example(1, [two], REFUND_ANSWER)], config(refusal="answer_removed"))
+                  if p["source"] == "contrast_refusal"]
+    assert refusal["contexts"] == [{**two, "text": "Call us."}]
+    lone = ctx("refund-policy", "Refunds are available within 30 days of purchase.")
+    skipped = [example(2, [lone], REFUND_ANSWER),  # nothing left once the answer's sentence goes
+               example(3, [REFUND, TEAM], IDK)]  # a refusal
+    assert contrast_pairs(skipped, config(refusal="answer_removed")) == []
 
 
 def test_the_share_is_of_rag_examples_and_the_choice_does_not_depend_on_order():

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import shutil
 
-from conftest import EXPORT, REFUND, TEAM, answer, ctx, read_jsonl, record
+import pytest
+from conftest import EXPORT, REFUND, TEAM, answer, ctx, rag_logs, read_jsonl, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from pipelines.clock import memory_peak_mb
 
 GOOD = answer("Refunds are available within 30 days of purchase [refund-policy].", "refund-policy")
 IDK = answer("I don't know based on the provided documents.")
@@ -515,3 +519,17 @@ def test_accounting_counts_each_line_once():
     acc.check()
     assert acc.counts()["examples"] == 2 and acc.quarantine_reasons == {"invalid JSON": 1}
     assert acc.label_table()["bad_format"] == {"example": 1, "filtered": 1}
+
+
+def test_a_stage_records_its_own_peak_memory_not_the_process_s(workspace):
+    """`refit retrain` runs every stage in one process: each stage's manifest gives the peak
+    since that stage started, not one an earlier step of the process reached (issue 16)."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the peak can only be restarted on Linux")
+    workspace.write_logs("a.jsonl", rag_logs(20))
+    spike = b"x" * (768 * 1024 * 1024)  # written, so resident; freed before curate starts
+    del spike
+    before = memory_peak_mb()
+    _, curated = curate_ok(workspace)
+    peak = json.loads((curated / "manifest.json").read_text())["timings"]["peak_rss_mb"]
+    assert peak < before - 512, (peak, before)
