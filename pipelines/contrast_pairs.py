@@ -58,15 +58,16 @@ def answer_removed(example: dict[str, Any], rules: AnswerContract) -> list[dict[
     """A RAG example's documents less the sentences of its cited documents that hold the answer
     (the ones sharing most of its content words first, until the rest no longer supports it),
     so the refusal side reads like the answered prompt with one fact missing; None when no
-    such documents exist (a refusal, no citations, or nothing left)."""
+    such documents exist (a refusal, no citations, nothing left, or the uncited documents
+    still supporting the answer)."""
     answer = rules.parse(example["ideal_answer"])
     if answer.refusal or not answer.citations:
         return None
     cited, wanted = set(answer.citations), set(content_words(answer.text))
     documents = [(c, SENTENCE_END.split(c["text"])) for c in example.get("contexts") or []]
-    ranked = sorted(((len(wanted & set(words(sentence))), d, k)
-                     for d, (c, sentences) in enumerate(documents) if c["id"] in cited
-                     for k, sentence in enumerate(sentences)), key=lambda t: (-t[0], t[1], t[2]))
+    ranked = sorted((-len(wanted & set(words(sentence))), d, k)  # most shared words first
+                    for d, (c, sentences) in enumerate(documents) if c["id"] in cited
+                    for k, sentence in enumerate(sentences))
     removed: set[tuple[int, int]] = set()
     for _, d, k in ranked:
         removed.add((d, k))
