@@ -65,18 +65,28 @@ def strip_citations(text: str) -> str:
     return " ".join(CITATION.sub(" ", text).split())
 
 
+# Words one of _REFUSAL's branches must contain, checked on the casefolded text first: most
+# answers hold none, and the search costs ten times the check. (Exact: casefold maps every
+# character that re.IGNORECASE equates with these letters, such as the Kelvin sign, onto them.)
+_REFUSAL_WORDS = ("know", "can", "unable", "document", "context")
+
+
 @functools.lru_cache(maxsize=8)
-def _normal_idk(idk_answer: str) -> str:
-    return " ".join(words(idk_answer))
+def _normal_idk(idk_answer: str) -> tuple[str, str]:
+    """The sentence's words joined, and its longest word: a text whose words hold the
+    sentence holds that word in its lowercased characters."""
+    found = words(idk_answer)
+    return " ".join(found), max(found, key=len, default="")
 
 
 def is_refusal(text: str, idk_answer: str) -> bool:
     """The configured "I don't know" sentence, or a refusal in other words."""
-    normal = " ".join(words(text))
-    if not normal:
-        return False
-    idk = _normal_idk(idk_answer)
-    return bool(idk and idk in normal) or bool(_REFUSAL.search(text.replace("\u2019", "'")))
+    lowered = text.lower().replace("\u2019", "'")
+    idk, longest = _normal_idk(idk_answer)
+    if idk and longest in lowered and idk in " ".join(_WORD.findall(lowered)):
+        return True
+    folded = text.casefold()
+    return any(word in folded for word in _REFUSAL_WORDS) and bool(_REFUSAL.search(text.replace("\u2019", "'")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +104,25 @@ class Answer:
         return strip_citations(self.text)
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
+_INVALID = object()  # what `_decode` returns for text that is not JSON
+
+
+def _decode(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _INVALID
+
+
+def _json_object(text: str) -> tuple[dict[str, Any] | None, Any]:
     """The output as a JSON object, leniently: whole, inside a ``` fence, or the first
-    {...} span. None when there is none."""
+    {...} span (None when there is none); and the whole output decoded (`_INVALID` when it
+    is not JSON), which `json_format_valid` checks without decoding it again."""
     stripped = text.strip()
-    candidates = [stripped]
+    whole = _decode(stripped)
+    if isinstance(whole, dict):
+        return whole, whole
+    candidates = []
     fenced = _FENCE.match(stripped)
     if fenced:
         candidates.append(fenced.group(1))
@@ -106,22 +130,19 @@ def _json_object(text: str) -> dict[str, Any] | None:
     if 0 <= start < end:
         candidates.append(stripped[start:end + 1])
     for candidate in candidates:
-        try:
-            value = orjson.loads(candidate)
-        except orjson.JSONDecodeError:
-            continue
+        value = _decode(candidate)
         if isinstance(value, dict):
-            return value
-    return None
+            return value, whole
+    return None, whole
 
 
 def json_format_valid(raw: str) -> bool:
     """The JSON format: one object and nothing around it, with exactly a non-empty string
     "answer" and a list of string "citations"."""
-    try:
-        value = orjson.loads(raw.strip())
-    except orjson.JSONDecodeError:
-        return False
+    return _is_json_format(_decode(raw.strip()))
+
+
+def _is_json_format(value: Any) -> bool:
     return (isinstance(value, dict) and set(value) == {"answer", "citations"} and isinstance(value["answer"], str)
             and bool(value["answer"].strip()) and isinstance(value["citations"], list)
             and all(isinstance(c, str) for c in value["citations"]))
@@ -131,7 +152,7 @@ def parse_answer(raw: str, output_format: str, idk_answer: str) -> Answer:
     """Read an answer in the pipeline's output format ("json" or "text"). A JSON object is
     read in either format (logs store structured answers as objects), leniently; whether the
     output was exactly the format is `format_valid`."""
-    obj = _json_object(raw)
+    obj, whole = _json_object(raw)
     if obj is not None and isinstance(obj.get("answer"), str):
         text = obj["answer"].strip()
         listed = obj.get("citations") if isinstance(obj.get("citations"), list) else []
@@ -141,7 +162,7 @@ def parse_answer(raw: str, output_format: str, idk_answer: str) -> Answer:
     citations = tuple(dict.fromkeys([*listed, *CITATION.findall(text)]))
     refusal = is_refusal(text, idk_answer)
     if output_format == "json":
-        valid = json_format_valid(raw)
+        valid = _is_json_format(whole)
     else:  # prose, with inline citations unless it refuses
         valid = obj is None and bool(text) and (refusal or bool(CITATION.search(text)))
     return Answer(text, citations, valid, refusal)
@@ -165,8 +186,17 @@ def _share(found: list[str], vocabularies: list[frozenset[str]]) -> float | None
         return None
     if not vocabularies:
         return 0.0
-    vocabulary = vocabularies[0].union(*vocabularies[1:]) if len(vocabularies) > 1 else vocabularies[0]
-    return sum(map(vocabulary.__contains__, found)) / len(found)
+    if len(vocabularies) == 1:
+        return sum(map(vocabularies[0].__contains__, found)) / len(found)
+    # A word in any vocabulary, without building their union: a dozen words against a few
+    # hundred, so the union costs twice these lookups (and a generator seven times).
+    hits = 0
+    for word in found:
+        for vocabulary in vocabularies:
+            if word in vocabulary:
+                hits += 1
+                break
+    return hits / len(found)
 
 
 class AnswerContract:
@@ -178,6 +208,7 @@ class AnswerContract:
         self.min_support = output.min_support
         self._vocabularies: dict[str, frozenset[str]] = {}
         self._recent: dict[str, Answer] = {}
+        self._recent_words: dict[str, list[str]] = {}
 
     def parse(self, raw: str) -> Answer:
         # curate's routing and its retrieval metrics read one record's answers back to back:
@@ -189,11 +220,21 @@ class AnswerContract:
             hit = self._recent[raw] = parse_answer(raw, self.output.format, self.output.idk_answer)
         return hit
 
+    def content_words(self, text: str) -> list[str]:
+        """`content_words`, of the last few texts kept: routing and the retrieval metrics
+        check one record's answers against its documents back to back."""
+        hit = self._recent_words.get(text)
+        if hit is None:
+            if len(self._recent_words) >= 4:
+                del self._recent_words[next(iter(self._recent_words))]
+            hit = self._recent_words[text] = content_words(text)
+        return hit
+
     def idk(self) -> Answer:
         return Answer(self.output.idk_answer, (), True, True)
 
     def support(self, answer: Answer, documents: Iterable[str]) -> float | None:
-        found = content_words(answer.text)
+        found = self.content_words(answer.text)
         return _share(found, [self._vocabulary(text) for text in documents]) if found else None
 
     def supported(self, answer: Answer, documents: Iterable[str]) -> bool:
@@ -204,7 +245,7 @@ class AnswerContract:
 
     def support_each(self, answer: Answer, documents: list[str]) -> tuple[float | None, list[float | None]]:
         """Support by all the documents together and by each alone, the content words found once."""
-        found = content_words(answer.text)
+        found = self.content_words(answer.text)
         if not found:
             return None, [None] * len(documents)
         vocabularies = [self._vocabulary(text) for text in documents]

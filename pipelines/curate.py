@@ -100,7 +100,7 @@ def curate(config: PipelineConfig, *, force: bool = False, progress: Progress | 
         run = CurateRun(config, tokens, tmp)
         shards = plan_shards(inputs.files, inputs.sizes, config.curate.shard_bytes)
         with gc_paused():
-            for result in run_shards(config, tokenizer, shards, tmp, sum(inputs.sizes)):
+            for result in run_shards(config, tokens, shards, tmp, sum(inputs.sizes)):
                 run.merge(result)
                 progress.advance(run.done_bytes, run.accounting.lines["read"])
         run.finish_read()

@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from pipelines.curate_shard import Shard, ShardResult, ShardWorker
+from pipelines.curate_shard import Shard, ShardResult, ShardWorker, TokenCounter
 from pipelines.sources import is_url
 
 _SCAN_CHUNK = 8 << 20
@@ -86,20 +86,20 @@ def _cuts(path: Path, shard_bytes: int) -> Iterator[tuple[int, int | None, int]]
         yield start, None, start_line
 
 
-def run_shards(config: Any, tokenizer: Any, shards: Iterable[Shard], spool_dir: Path,
+def run_shards(config: Any, tokens: TokenCounter, shards: Iterable[Shard], spool_dir: Path,
                total_bytes: int) -> Iterator[ShardResult]:
     """Each shard's result, in input order."""
     cfg = config.curate
     if cfg.engine == "ray":
-        yield from _ray_results(config, tokenizer, shards)
+        yield from _ray_results(config, tokens, shards)
         return
     workers = worker_count(cfg)
     if workers == 1 or total_bytes <= cfg.shard_bytes:  # one shard's worth: no processes to start
-        worker = ShardWorker(config, tokenizer, spool_dir)
+        worker = ShardWorker(config, tokens, spool_dir)
         for shard in shards:
             yield worker.run(shard)
         return
-    yield from _pool_results(config, tokenizer, shards, spool_dir, workers)
+    yield from _pool_results(config, tokens, shards, spool_dir, workers)
 
 
 # --------------------------------------------------------------------------- local processes
@@ -107,11 +107,11 @@ def run_shards(config: Any, tokenizer: Any, shards: Iterable[Shard], spool_dir: 
 _WORKER: ShardWorker | None = None
 
 
-def _init_worker(config: Any, tokenizer_blob: bytes, spool_dir: Path, parent_pid: int) -> None:
+def _init_worker(config: Any, tokens_blob: bytes, spool_dir: Path, parent_pid: int) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_exit_with, args=(parent_pid,), daemon=True, name="exit-with-parent").start()
-    _WORKER = ShardWorker(config, pickle.loads(tokenizer_blob), spool_dir)
+    _WORKER = ShardWorker(config, pickle.loads(tokens_blob), spool_dir)
 
 
 def _exit_with(pid: int) -> None:
@@ -131,12 +131,12 @@ def _run_shard(shard: Shard) -> ShardResult:
     return _WORKER.run(shard)
 
 
-def _pool_results(config: Any, tokenizer: Any, shards: Iterable[Shard], spool_dir: Path,
+def _pool_results(config: Any, tokens: TokenCounter, shards: Iterable[Shard], spool_dir: Path,
                   workers: int) -> Iterator[ShardResult]:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["pipelines.curate_shard"])
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                               initargs=(config, pickle.dumps(tokenizer), spool_dir, os.getpid()))
+                               initargs=(config, pickle.dumps(tokens), spool_dir, os.getpid()))
     try:
         yield from _in_order(lambda shard: pool.submit(_run_shard, shard), shards, 2 * workers)
     finally:
@@ -160,14 +160,14 @@ def _in_order(submit: Callable[[Shard], Future], shards: Iterable[Shard], window
 class _RayShardActor:
     """One ShardWorker per Ray worker process; results travel back through the object store."""
 
-    def __init__(self, config: Any, tokenizer_blob: bytes):
-        self.worker = ShardWorker(config, pickle.loads(tokenizer_blob), None)
+    def __init__(self, config: Any, tokens_blob: bytes):
+        self.worker = ShardWorker(config, pickle.loads(tokens_blob), None)
 
     def run(self, shard: Shard) -> ShardResult:
         return self.worker.run(shard)
 
 
-def _ray_results(config: Any, tokenizer: Any, shards: Iterable[Shard]) -> Iterator[ShardResult]:
+def _ray_results(config: Any, tokens: TokenCounter, shards: Iterable[Shard]) -> Iterator[ShardResult]:
     try:
         import ray
         from ray.util import ActorPool
@@ -185,7 +185,7 @@ def _ray_results(config: Any, tokenizer: Any, shards: Iterable[Shard]) -> Iterat
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         actors = max(1, cpus if cfg.workers == "auto" else int(cfg.workers))
-        blob = ray.put(pickle.dumps(tokenizer))
+        blob = ray.put(pickle.dumps(tokens))
         actor = ray.remote(num_cpus=1)(_RayShardActor)
         pool = ActorPool([actor.remote(config, blob) for _ in range(actors)])
         yield from pool.map(lambda a, shard: a.run.remote(shard), shards)

@@ -86,7 +86,11 @@ class TokenCounter:
 
     An example's length is the rendered template's fixed cost plus its pieces. Retrieved
     documents repeat across logs, so each document's length is cached; only queries and
-    answers are tokenized per example, in batches through the Rust tokenizer."""
+    answers are tokenized per example, in batches through the Rust tokenizer.
+
+    Pickled (for a worker process or a Ray worker) it carries that Rust tokenizer and the
+    template's costs alone: a worker never imports transformers, nor torch with it, which
+    would cost each worker some 300 MB."""
 
     def __init__(self, tokenizer: Any, config: Any):
         self.tokenizer = tokenizer
@@ -98,6 +102,12 @@ class TokenCounter:
         self.general_overhead = self._template_length(empty_general, config)
         one = {"query": "", "contexts": [{"id": "x", "text": ""}], "ideal_answer": ""}
         self.per_context = max(0, self._template_length(one, config) - self.rag_overhead - self.count(["x"])[0])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {**self.__dict__, "_cache": {}}
+        if self.backend is not None:
+            state["tokenizer"] = None
+        return state
 
     def _template_length(self, example: dict, config: Any) -> int:
         messages = render_messages(example, config.prompt, config.output)
@@ -112,7 +122,8 @@ class TokenCounter:
         if not texts:
             return []
         if self.backend is not None:
-            return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+            # encode_batch_fast: the same ids without the character offsets, which we never read.
+            return [len(e.ids) for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def context_lengths(self, texts: list[str]) -> list[int]:
@@ -158,10 +169,10 @@ class ShardWorker:
 
     BATCH = 2048  # candidates tokenized and fingerprinted together
 
-    def __init__(self, config: Any, tokenizer: Any, spool_dir: Path | None = None):
+    def __init__(self, config: Any, tokens: TokenCounter, spool_dir: Path | None = None):
         cfg = self.cfg = config.curate
         self.config, self.spool_dir = config, spool_dir
-        self.tokens = TokenCounter(tokenizer, config)
+        self.tokens = tokens
         self.scrubber = Scrubber(cfg.scrub.extra_patterns, cfg.scrub.phone_regions)
         self.scrub = self.scrubber.scrub
         self.rules = AnswerContract(config.output)
@@ -204,13 +215,13 @@ class ShardWorker:
             lines = _Range(reader_fh, shard.start, shard.end)
         elif shard.start:  # the last range of a file runs to its end
             reader_fh.seek(shard.start)
+        name = Path(shard.path).name
         with raw_fh, reader_fh:
             for number, raw, length in iter_lines(lines, self.cfg.max_line_bytes):
                 line_no = shard.first_line + number
                 out.accounting.read()
                 try:
-                    record = parse_line(self.reader, raw, length, self.cfg.max_line_bytes,
-                                        f"{Path(shard.path).name}:{line_no}", line_no)
+                    record = parse_line(self.reader, raw, length, self.cfg.max_line_bytes, f"{name}:{line_no}", line_no)
                 except BadLine as bad:
                     out.accounting.quarantine(bad.reason)
                     quarantine.write(shard.path, line_no, bad, length)

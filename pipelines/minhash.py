@@ -85,7 +85,7 @@ class MinHasher:
         b = self._b[:, None]
         # Chunks keep the (permutations x shingles) matrix to a few tens of MB. Permutations
         # run along rows so reduceat walks contiguous memory (8x faster than along columns).
-        step = 1024
+        step = 256
         for start in range(0, len(texts), step):
             shingles, offsets = self._shingle_batch(texts[start : start + step])
             hashed = np.multiply(a, shingles[None, :])

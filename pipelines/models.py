@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -127,7 +128,24 @@ def _save_dequantized(model: Any, target: Path) -> None:
     model.generation_config.save_pretrained(target)
 
 
+# transformers' own Rust-backed tokenizer class, under its two names (v5 saves the first).
+GENERIC_TOKENIZER_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
+
+
 def load_tokenizer(base: str) -> Any:
+    """The base model's tokenizer. A tokenizer saved as transformers' generic class (the
+    converted SmolLM2 is) is loaded as that class directly: AutoTokenizer would find the same
+    class through its model tables, which import torch, some 300 MB in a process that only
+    counts tokens (curate and its workers)."""
+    folder = local_model_dir(base, with_weights=False)
+    try:
+        saved = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        saved = None
+    if saved in GENERIC_TOKENIZER_CLASSES and (folder / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(local_model_dir(base, with_weights=False)))
+    return AutoTokenizer.from_pretrained(str(folder))

@@ -145,7 +145,7 @@ class Observation:
             self._production(rules.parse(record.response), record, docs, ids, rules, o, route.labels)
         self.outcomes = o
         # Records repeat a handful of outcome patterns: groups count patterns, not metrics.
-        self.pattern = (*(o.get(name) for name in RATES), self.reciprocal_rank)
+        self.pattern = (*map(o.get, RATES), self.reciprocal_rank)
         scores = [c.score for c in record.contexts if c.score is not None]
         self.top_score = max(scores) if scores else None
 

@@ -105,16 +105,22 @@ class RecordReader:
         self.names = f
         self.paths = {name: _compile_path(getattr(f, name)) for name in type(f).model_fields}
         self.context_paths = (self.paths["context_id"], self.paths["context_text"], self.paths["context_score"])
+        # A field at the top level is read with one dict lookup (most logs, every record).
+        self.top_level = {name: keys[0] for name, keys in self.paths.items()
+                          if keys is not None and len(keys) == 1 and isinstance(keys[0], str)}
 
     def _field(self, obj: dict, name: str) -> Any:
-        return _get(obj, self.paths[name])
+        key = self.top_level.get(name)
+        return obj.get(key, _MISSING) if key is not None else _get(obj, self.paths[name])
 
     def _text(self, obj: dict, name: str, *, required: bool = False) -> str | None:
-        value = self._field(obj, name)
-        path = getattr(self.names, name)
+        key = self.top_level.get(name)
+        value = obj.get(key, _MISSING) if key is not None else _get(obj, self.paths[name])
+        if type(value) is str:  # the common case first
+            return value if value.isprintable() else _CONTROL_RE.sub("", value)
         if value is _MISSING or value is None:
             if required:
-                raise BadRecord(f"missing field '{path}'")
+                raise BadRecord(f"missing field '{getattr(self.names, name)}'")
             return None
         if isinstance(value, str):
             return clean_text(value)
@@ -123,7 +129,7 @@ class RecordReader:
             return clean_text(orjson.dumps(value).decode())
         if isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("id", "session_id", "timestamp"):
             return str(value)
-        raise BadRecord(f"field '{path}' must be a string, got {type(value).__name__}")
+        raise BadRecord(f"field '{getattr(self.names, name)}' must be a string, got {type(value).__name__}")
 
     def read(self, obj: Any, fallback_id: str) -> LogRecord:
         if not isinstance(obj, dict):

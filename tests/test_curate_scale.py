@@ -128,6 +128,11 @@ def test_a_killed_multi_worker_curate_leaves_nothing_and_the_rerun_is_the_same(w
         time.sleep(0.01)
     family = psutil.Process(proc.pid).children(recursive=True)
     assert len(family) >= 3  # the fork server and two workers
+    # curate and its workers count tokens with the Rust tokenizer: none has loaded torch
+    # (some 300 MB a process, against issue 12's memory bound).
+    loaded = {Path(m.path).name for p in [psutil.Process(proc.pid), *family] for m in p.memory_maps()}
+    assert any(name.startswith("tokenizers") for name in loaded)
+    assert not [name for name in loaded if name.startswith("libtorch")]
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     gone, alive = psutil.wait_procs(family, timeout=20)
