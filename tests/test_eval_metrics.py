@@ -102,6 +102,13 @@ def test_parse_output_json_contract():
     (out("The price is not mentioned in the provided documents."), True),
     (out("Knowing the plan helps: it costs 12 dollars [team-plan].", "team-plan"), False),
     (out(""), False),
+    # Characters the refusal pattern's case-insensitive match equates with ASCII letters (the
+    # Kelvin sign is a K) still refuse: the cheap pre-check before the pattern must not miss them.
+    ("I DON'T \u212aNOW.", True),
+    ("I CANNOT ANSWER THAT.", True),
+    ("THE CONTEXT DOES NOT SAY.", True),
+    ("i don't know based on the provided documents", True),
+    ("You can export it from the dashboard.", False),
 ])
 def test_refusal_detection(text, refusal):
     assert M.parse_output(text, "json", IDK).refusal is refusal
