@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,12 +81,13 @@ def _normal_idk(idk_answer: str) -> tuple[str, str]:
 
 def is_refusal(text: str, idk_answer: str) -> bool:
     """The configured "I don't know" sentence, or a refusal in other words."""
-    lowered = text.lower().replace("\u2019", "'")
+    plain = text.replace("\u2019", "'")
+    lowered = plain.lower()
     idk, longest = _normal_idk(idk_answer)
     if idk and longest in lowered and idk in " ".join(_WORD.findall(lowered)):
         return True
-    folded = text.casefold()
-    return any(word in folded for word in _REFUSAL_WORDS) and bool(_REFUSAL.search(text.replace("\u2019", "'")))
+    folded = plain.casefold()
+    return any(word in folded for word in _REFUSAL_WORDS) and bool(_REFUSAL.search(plain))
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +187,6 @@ def _share(found: list[str], vocabularies: list[frozenset[str]]) -> float | None
         return None
     if not vocabularies:
         return 0.0
-    if len(vocabularies) == 1:
-        return sum(map(vocabularies[0].__contains__, found)) / len(found)
     # A word in any vocabulary, without building their union: a dozen words against a few
     # hundred, so the union costs twice these lookups (and a generator seven times).
     hits = 0
@@ -199,6 +198,16 @@ def _share(found: list[str], vocabularies: list[frozenset[str]]) -> float | None
     return hits / len(found)
 
 
+def _kept(recent: dict[str, Any], key: str, make: Callable[[], Any]) -> Any:
+    """`recent[key]`, made on a miss; the oldest of more than four entries goes."""
+    hit = recent.get(key)
+    if hit is None:
+        if len(recent) >= 4:
+            del recent[next(iter(recent))]
+        hit = recent[key] = make()
+    return hit
+
+
 class AnswerContract:
     """The contract bound to one `config.output`; caches document vocabularies, because
     retrieved documents repeat across thousands of log records."""
@@ -207,28 +216,16 @@ class AnswerContract:
         self.output = output
         self.min_support = output.min_support
         self._vocabularies: dict[str, frozenset[str]] = {}
+        # curate's routing and its retrieval metrics read one record's answers back to back:
+        # the last few parses and content words are kept, so each is computed once.
         self._recent: dict[str, Answer] = {}
         self._recent_words: dict[str, list[str]] = {}
 
     def parse(self, raw: str) -> Answer:
-        # curate's routing and its retrieval metrics read one record's answers back to back:
-        # the last few parses are kept, so each is parsed once.
-        hit = self._recent.get(raw)
-        if hit is None:
-            if len(self._recent) >= 4:
-                del self._recent[next(iter(self._recent))]
-            hit = self._recent[raw] = parse_answer(raw, self.output.format, self.output.idk_answer)
-        return hit
+        return _kept(self._recent, raw, lambda: parse_answer(raw, self.output.format, self.output.idk_answer))
 
     def content_words(self, text: str) -> list[str]:
-        """`content_words`, of the last few texts kept: routing and the retrieval metrics
-        check one record's answers against its documents back to back."""
-        hit = self._recent_words.get(text)
-        if hit is None:
-            if len(self._recent_words) >= 4:
-                del self._recent_words[next(iter(self._recent_words))]
-            hit = self._recent_words[text] = content_words(text)
-        return hit
+        return _kept(self._recent_words, text, lambda: content_words(text))
 
     def idk(self) -> Answer:
         return Answer(self.output.idk_answer, (), True, True)

@@ -105,25 +105,18 @@ class RecordReader:
         self.names = f
         self.paths = {name: _compile_path(getattr(f, name)) for name in type(f).model_fields}
         self.context_paths = (self.paths["context_id"], self.paths["context_text"], self.paths["context_score"])
-        # A field at the top level is read with one dict lookup (most logs, every record).
-        self.top_level = {name: keys[0] for name, keys in self.paths.items()
-                          if keys is not None and len(keys) == 1 and isinstance(keys[0], str)}
 
     def _field(self, obj: dict, name: str) -> Any:
-        key = self.top_level.get(name)
-        return obj.get(key, _MISSING) if key is not None else _get(obj, self.paths[name])
+        return _get(obj, self.paths[name])
 
     def _text(self, obj: dict, name: str, *, required: bool = False) -> str | None:
-        key = self.top_level.get(name)
-        value = obj.get(key, _MISSING) if key is not None else _get(obj, self.paths[name])
-        if type(value) is str:  # the common case first
-            return value if value.isprintable() else _CONTROL_RE.sub("", value)
+        value = self._field(obj, name)
+        if isinstance(value, str):  # the common case first
+            return clean_text(value)
         if value is _MISSING or value is None:
             if required:
                 raise BadRecord(f"missing field '{getattr(self.names, name)}'")
             return None
-        if isinstance(value, str):
-            return clean_text(value)
         if isinstance(value, (dict, list)) and name in ("response", "correction"):
             # Some logs store the structured answer as an object rather than a string.
             return clean_text(orjson.dumps(value).decode())
