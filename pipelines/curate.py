@@ -12,10 +12,11 @@
    data; behaviour failures with a reviewer's ideal answer become training candidates; an
    unlabelled failure is labelled by rules first. Text is scrubbed of PII and secrets the
    moment it is read, so nothing downstream ever holds a raw value (pipelines/curate_shard.py).
-3. Shard results are merged in input order (`CurateRun.merge`): candidates stay spooled on
-   disk, memory holds a few integers per candidate (token length, MinHash band keys), never
-   the text (`Candidates`).
-4. Near-duplicate clusters are found from the band keys; each keeps its best-ranked copy.
+3. Shard results are merged in input order (`CurateRun.merge`): candidates and their MinHash
+   band keys stay spooled on disk; memory holds 13 bytes per candidate, never the text
+   (`Candidates`).
+4. Near-duplicate clusters are found from the band keys, read one band at a time; each keeps
+   its best-ranked copy.
 5. The kept candidates are written as examples, with synthetic "I don't know" examples and a
    share of general instructions added.
 6. The backlog, quarantine, report.md, report.html (with the retrieval health of every valid
@@ -34,6 +35,7 @@ import hashlib
 import heapq
 import random
 import shutil
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,56 +175,71 @@ def gc_paused() -> Iterator[None]:
 
 
 class Candidates:
-    """Training candidates, merged from the shards in input order: their JSON lines stay in
-    the shards' spool files; memory keeps, per candidate, its rank, label, whether it came
-    from a record (and so counts in the accounting) or was derived, its exact-duplicate
-    fingerprint and MinHash band keys."""
+    """Training candidates, merged from the shards in input order. Their JSON lines stay in
+    the shards' spool files and their MinHash band keys in one file per band (dedup reads one
+    band at a time); memory keeps 13 bytes per candidate: its rank, label, whether it came
+    from a record (and so counts in the accounting) or was derived, whether its ideal answer
+    is a refusal, and its exact-duplicate fingerprint."""
 
-    def __init__(self, bands: int, accounting: Accounting):
-        self.bands, self.accounting = bands, accounting
+    def __init__(self, bands: int, accounting: Accounting, folder: Path):
+        self.accounting = accounting
         self.spools: list[Path] = []
-        self.ranks: list[int] = []
-        self.labels: list[str] = []
-        self.from_record, self.refusals = [], []  # from a record? its ideal answer a refusal? (list[bool] each)
-        self.fingerprints: list[int] = []
-        self.band_chunks: list[np.ndarray] = []
+        self.band_paths = [folder / f".bands-{band:02d}.u64" for band in range(bands)]
+        self.band_files: list[IO[bytes]] = [open(path, "wb") for path in self.band_paths]
+        self.ranks = array("b")
+        self.label_names: list[str] = []  # label_of[i] indexes it
+        self.label_of = array("H")
+        self.from_record, self.refusals = array("b"), array("b")  # 0/1 each
+        self.fingerprints = array("Q")
         self.is_rep = np.zeros(0, dtype=bool)  # after dedup: the copy each cluster keeps
-        self.fingerprints_arr = np.zeros(0, dtype=np.uint64)
-        self._labels: dict[str, str] = {}  # one string object per label
+        self._label_index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.ranks)
 
     def extend(self, result: ShardResult, spool: Path) -> None:
         self.spools.append(spool)
-        self.ranks += result.ranks
-        self.labels += [self._labels.setdefault(label, label) for label in result.labels]
-        self.from_record += result.from_record
-        self.refusals += result.refusals
-        self.fingerprints += result.fingerprints
-        if len(result.band_keys):
-            self.band_chunks.append(result.band_keys)
+        self.ranks.extend(result.ranks)
+        index = self._label_index
+        for label in result.labels:
+            if label not in index:
+                index[label] = len(self.label_names)
+                self.label_names.append(label)
+            self.label_of.append(index[label])
+        self.from_record.extend(result.from_record)
+        self.refusals.extend(result.refusals)
+        self.fingerprints.extend(result.fingerprints)
+        for band, fh in enumerate(self.band_files):
+            fh.write(result.band_keys[:, band].tobytes() if len(result.band_keys) else b"")
+
+    def label(self, i: int) -> str:
+        return self.label_names[self.label_of[i]]
+
+    def _band_columns(self) -> Iterator[np.ndarray]:
+        for path in self.band_paths:
+            yield np.fromfile(path, dtype=np.uint64)
+            path.unlink()
 
     def dedup(self) -> None:
         """Near-duplicate clusters; each keeps its best-ranked copy (the newest on ties)."""
-        n = len(self.ranks)
-        band_keys = (np.concatenate(self.band_chunks) if self.band_chunks
-                     else np.zeros((0, self.bands), np.uint64))
-        self.band_chunks = []
-        cluster_of = clusters(band_keys)
-        del band_keys
-        order = np.lexsort((np.arange(n), np.asarray(self.ranks, dtype=np.int64), cluster_of))
+        n = len(self)
+        for fh in self.band_files:
+            fh.close()
+        cluster_of = clusters(n, self._band_columns())
+        order = np.lexsort((np.arange(n), np.frombuffer(self.ranks, dtype=np.int8), cluster_of))
         sorted_clusters = cluster_of[order]
         last_of_cluster = np.r_[sorted_clusters[1:] != sorted_clusters[:-1], True] if n else np.zeros(0, bool)
         representative = np.full(cluster_of.max() + 1 if n else 0, -1, dtype=np.int64)
         representative[sorted_clusters[last_of_cluster]] = order[last_of_cluster]
         self.is_rep = np.zeros(n, dtype=bool)
         self.is_rep[representative[representative >= 0]] = True
-        fingerprints = np.asarray(self.fingerprints, dtype=np.uint64)
-        for i in np.flatnonzero(~self.is_rep):
+        fingerprints = self.fingerprints
+        for i in np.flatnonzero(~self.is_rep).tolist():
             if not self.from_record[i]:
                 self.accounting.drop_added("duplicate")
                 continue
             exact = fingerprints[i] == fingerprints[representative[cluster_of[i]]]
-            self.accounting.filter_candidate("duplicate_exact" if exact else "duplicate_near", self.labels[i])
-        self.fingerprints_arr = fingerprints
+            self.accounting.filter_candidate("duplicate_exact" if exact else "duplicate_near", self.label(i))
 
     def kept(self) -> Iterator[tuple[int, dict[str, Any], bool]]:
         """(index, example with its cluster id, from a record?) of each kept candidate, in
@@ -234,7 +251,7 @@ class Candidates:
                     if self.is_rep[i]:
                         example = orjson.loads(line)
                         example["cluster_id"] = "c-" + hashlib.blake2b(
-                            str(int(self.fingerprints_arr[i])).encode(), digest_size=6).hexdigest()
+                            str(self.fingerprints[i]).encode(), digest_size=6).hexdigest()
                         yield i, example, self.from_record[i]
                     i += 1
             path.unlink()
@@ -261,7 +278,7 @@ class CurateRun:
         self.rule_table: Counter = Counter()
         self.backlog = Backlog()
         self.health = RagHealth(self.rules, self.scrub)  # retrieval metrics over every valid record
-        self.candidates = Candidates(self.hasher.bands, self.accounting)
+        self.candidates = Candidates(self.hasher.bands, self.accounting, tmp)
         self.pool: list[tuple[int, str, int, list[dict[str, str]]]] = []  # the POOL smallest keys
         self.examples = ExampleFile(tmp / "examples.jsonl")
         self.preferences = PreferenceFile(tmp / "preferences.jsonl")
@@ -332,14 +349,16 @@ class CurateRun:
 
     def _write_kept(self) -> list[dict[str, Any]]:
         """Write the kept candidates; return the synthetic IDK examples made from a seeded share."""
-        eligible = [i for i in range(len(self.candidates.ranks))
-                    if self.candidates.is_rep[i] and self.candidates.from_record[i]]
-        self.idk_plan = bound_idk(self.candidates, round(self.cfg.idk.synthetic_fraction * len(eligible)), self.cfg)
-        n_synthetic = self.idk_plan.synthetic
-        sources = set(self.rng.sample(eligible, min(n_synthetic, len(eligible)))) if self.context_pool else set()
+        candidates = self.candidates
+        eligible = np.flatnonzero(candidates.is_rep & np.asarray(candidates.from_record, dtype=bool))
+        self.idk_plan = bound_idk(candidates, round(self.cfg.idk.synthetic_fraction * len(eligible)), self.cfg)
+        sources: set[int] = set()
+        if self.context_pool:  # sampling positions, not a list of indices, draws the same sample
+            picked = self.rng.sample(range(len(eligible)), min(self.idk_plan.synthetic, len(eligible)))
+            sources = set(eligible[picked].tolist())
         synthetic: list[dict[str, Any]] = []
         pool_vocabulary = PoolVocabulary(self.context_pool, self.rules)
-        for i, example, from_record in self.candidates.kept():
+        for i, example, from_record in candidates.kept():
             if from_record:
                 self.accounting.keep(example["label"])
             else:

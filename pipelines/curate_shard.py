@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import io
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +70,10 @@ class ShardResult:
         self.pool: list[tuple[int, str, int, list[dict[str, str]]]] = []  # (key, file, line, contexts) <= POOL
         self.carried = 0  # candidates that carry a preference pair
         self.notes: list[str] = []
-        self.ranks: list[int] = []
+        self.ranks = array("b")
         self.labels: list[str] = []
-        self.from_record: list[bool] = []
-        self.refusals: list[bool] = []
-        self.fingerprints: list[int] = []
+        self.from_record, self.refusals = array("b"), array("b")  # 0/1 each
+        self.fingerprints = array("Q")
         self.band_keys = np.zeros((0, 0), np.uint64)
         # The candidates' JSON lines and the quarantine's: files in `spool_dir` when the worker
         # shares the merging process's disk (the local engine), else bytes (Ray).

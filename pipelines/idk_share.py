@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -38,15 +41,15 @@ class IdkPlan:
         return math.floor(self.max_share * self.answers / (1 - self.max_share) + 1e-9)
 
 
-def plan_idk(refusal: list[bool], kept: list[bool], from_record: list[bool], synthetic_wanted: int,
+def plan_idk(refusal: Sequence[bool], kept: Sequence[bool], from_record: Sequence[bool], synthetic_wanted: int,
              max_share: float, seed: int) -> IdkPlan:
     """Which derived refusals to keep, given each candidate's refusal flag, whether dedup kept
-    it and whether it came from a record."""
-    rows = [(i, r, f) for i, (r, k, f) in enumerate(zip(refusal, kept, from_record)) if k]
-    hallucination = [i for i, _, f in rows if not f]
-    plan = IdkPlan(max_share, answers=sum(1 for _, r, f in rows if f and not r),
-                   from_records=sum(1 for _, r, f in rows if f and r), hallucination=len(hallucination),
-                   synthetic_wanted=synthetic_wanted)
+    it and whether it came from a record (sequences of bools or 0/1: lists, arrays)."""
+    refusal, kept, from_record = (np.asarray(flags).astype(bool) for flags in (refusal, kept, from_record))
+    hallucination = np.flatnonzero(kept & ~from_record).tolist()
+    plan = IdkPlan(max_share, answers=int(np.count_nonzero(kept & from_record & ~refusal)),
+                   from_records=int(np.count_nonzero(kept & from_record & refusal)),
+                   hallucination=len(hallucination), synthetic_wanted=synthetic_wanted)
     room = max(0, plan.allowed - plan.from_records)
     keep_hallucination = min(len(hallucination), room)
     plan.synthetic = min(synthetic_wanted, room - keep_hallucination)
@@ -61,7 +64,7 @@ def bound_idk(candidates: Any, synthetic_wanted: int, cfg: Any) -> IdkPlan:
     """Apply the bound to curate's deduplicated candidates (pipelines/curate.py `Candidates`):
     the dropped ones are no longer kept, and the accounting counts them as derived examples
     dropped ("over_idk_share"). `cfg` is curate's config (idk.max_share, seed)."""
-    plan = plan_idk(candidates.refusals, list(candidates.is_rep), candidates.from_record, synthetic_wanted,
+    plan = plan_idk(candidates.refusals, candidates.is_rep, candidates.from_record, synthetic_wanted,
                     cfg.idk.max_share, cfg.seed)
     for i in plan.drop_hallucination:
         candidates.is_rep[i] = False

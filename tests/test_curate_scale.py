@@ -143,3 +143,46 @@ def test_a_killed_multi_worker_curate_leaves_nothing_and_the_rerun_is_the_same(w
     assert "removed" in result.output and "left by a killed run" in result.output.replace("\n", " ")
     assert not [p for p in curated.iterdir() if p.name.startswith((".tmp-", ".old-"))]
     assert_same(big_reference, snapshot(workspace.curated()))
+
+
+def test_curate_keeps_a_few_bytes_per_candidate_in_memory_and_the_band_keys_on_disk(tmp_path):
+    """Issue 12's flat memory: the merging process keeps 12-13 bytes per training candidate
+    (rank, label, two flags, fingerprint); the 14 MinHash band keys (112 bytes) go to one
+    file per band and dedup reads them one band at a time."""
+    import tracemalloc
+
+    import numpy as np
+
+    from pipelines.accounting import Accounting
+    from pipelines.curate import Candidates
+    from pipelines.curate_shard import Shard, ShardResult
+
+    n, bands = 100_000, 14
+    rng = np.random.default_rng(0)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    candidates = Candidates(bands, Accounting(), tmp_path)
+    for index in range(4):
+        result = ShardResult(Shard(index, "logs.jsonl"))
+        for i in range(n // 4):
+            result.ranks.append(4)
+            result.labels.append("bad_format" if i % 3 else "hallucination")
+            result.from_record.append(1)
+            result.refusals.append(i % 7 == 0)
+            result.fingerprints.append(int(rng.integers(0, 2**63)) + 2**63 - 1)
+        keys = rng.integers(0, 2**63, size=(n // 4, bands), dtype=np.uint64)
+        keys[1::2] = keys[::2]  # every odd row a duplicate of the row before
+        result.band_keys = keys
+        candidates.extend(result, tmp_path / f"spool-{index}")
+        del result, keys
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(candidates) == n
+    assert held / n < 24, f"{held / n:.0f} bytes per candidate in memory"
+    assert sorted(p.name for p in tmp_path.glob(".bands-*")) == [f".bands-{b:02d}.u64" for b in range(bands)]
+    assert all(p.stat().st_size == 8 * n for p in tmp_path.glob(".bands-*"))
+    candidates.dedup()
+    assert int(candidates.is_rep.sum()) == n // 2
+    assert candidates.is_rep[1::2].all() and not candidates.is_rep[::2].any()  # the newest copy on ties
+    assert not list(tmp_path.glob(".bands-*"))
+    assert candidates.accounting.filtered == {"duplicate_near": n // 2}  # their fingerprints differ
