@@ -233,13 +233,16 @@ class Candidates:
         representative[sorted_clusters[last_of_cluster]] = order[last_of_cluster]
         self.is_rep = np.zeros(n, dtype=bool)
         self.is_rep[representative[representative >= 0]] = True
-        fingerprints = self.fingerprints
-        for i in np.flatnonzero(~self.is_rep).tolist():
-            if not self.from_record[i]:
-                self.accounting.drop_added("duplicate")
-                continue
-            exact = fingerprints[i] == fingerprints[representative[cluster_of[i]]]
-            self.accounting.filter_candidate("duplicate_exact" if exact else "duplicate_near", self.label(i))
+        fingerprints = np.frombuffer(self.fingerprints, dtype=np.uint64)
+        dropped = np.flatnonzero(~self.is_rep)
+        for start in range(0, len(dropped), 65536):  # a slice at a time: a list of them all is 60 bytes each
+            chunk = dropped[start:start + 65536]
+            exact = fingerprints[chunk] == fingerprints[representative[cluster_of[chunk]]]
+            for i, is_exact in zip(chunk.tolist(), exact.tolist()):
+                if not self.from_record[i]:
+                    self.accounting.drop_added("duplicate")
+                else:
+                    self.accounting.filter_candidate("duplicate_exact" if is_exact else "duplicate_near", self.label(i))
 
     def kept(self) -> Iterator[tuple[int, dict[str, Any], bool]]:
         """(index, example with its cluster id, from a record?) of each kept candidate, in

@@ -141,18 +141,31 @@ def clusters(n: int, columns: Iterable[np.ndarray]) -> np.ndarray:
     keys band by band: an int cluster label per row. Near-duplicate chains end up in one
     cluster, as in union-find dedup pipelines.
 
-    The components are merged band by band, each band's pairs mapped onto the clusters so
-    far: once a band has joined the copies of a question, the other bands' pairs among them
-    are self-loops and are dropped, so memory holds one band's pairs, not all bands' (at
-    2.4M candidates, mostly repeats, that was 14 x 38 MB)."""
-    labels = np.arange(n, dtype=np.int64)
+    The components are merged band by band, so memory holds one band's column and its sort
+    order, never all bands' pairs. The first band's clusters are its runs of equal keys; each
+    later band joins the clusters so far wherever one of its runs spans two of them, and the
+    pairs inside one cluster (most pairs, once a band has joined the copies of a question)
+    are dropped before they are stored."""
+    labels = None
     for column in columns:
-        rows, cols = band_collisions([column])
-        rows, cols = labels[rows], labels[cols]
-        joins = rows != cols
+        order = np.argsort(column, kind="stable")
+        sorted_keys = column[order]
+        same = sorted_keys[1:] == sorted_keys[:-1]
+        del sorted_keys, column
+        if labels is None:  # every row is its own cluster so far: the runs are the clusters
+            runs = np.zeros(n, dtype=np.int64)
+            np.cumsum(~same, out=runs[1:])
+            labels = np.empty(n, dtype=np.int64)
+            labels[order] = runs
+            del runs
+            continue
+        sorted_labels = labels[order]
+        del order
+        joins = same & (sorted_labels[1:] != sorted_labels[:-1])
         if joins.any():
-            labels = components(n, rows[joins], cols[joins])[labels]
-    return labels
+            rows, cols = sorted_labels[1:][joins], sorted_labels[:-1][joins]
+            labels = components(n, rows, cols)[labels]
+    return np.arange(n, dtype=np.int64) if labels is None else labels
 
 
 def text_fingerprint(text: str) -> int:
