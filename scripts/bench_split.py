@@ -97,17 +97,29 @@ def generate(root: Path, n: int, seed: int = 0, pair_share: float = 0.25) -> Pat
     return root / "config.yaml"
 
 
+# Modules of `rev` the reference imports whose interface has changed since (minhash's
+# band_collisions now takes band columns; split_preferences lost read_pairs): the reference
+# imports them as of `rev` too, so it runs the old code, not a mix.
+REFERENCE_MODULES = ("minhash", "split_preferences", "split")
+
+
 def reference_module(root: Path, rev: str):
-    """split.py as of `rev`, imported as `split_reference` (None when git cannot show it)."""
-    shown = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipelines/split.py"], capture_output=True)
-    if shown.returncode != 0:
-        return None
-    path = root / "split_reference.py"
-    path.write_bytes(shown.stdout)
-    spec = importlib.util.spec_from_file_location("split_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["split_reference"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    """split.py as of `rev`, imported as `split_reference` with the modules above as of `rev`
+    (None when git cannot show them)."""
+    module = None
+    for name in REFERENCE_MODULES:
+        shown = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipelines/{name}.py"], capture_output=True)
+        if shown.returncode != 0:
+            return None
+        source = shown.stdout.decode()
+        for other in REFERENCE_MODULES:
+            source = source.replace(f"from pipelines.{other} import", f"from {other}_reference import")
+        path = root / f"{name}_reference.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"{name}_reference", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[f"{name}_reference"] = module  # dataclasses and the imports above look it up there
+        spec.loader.exec_module(module)
     return module
 
 
