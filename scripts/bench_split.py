@@ -162,6 +162,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.config, args.rev)
         return
+    failed = []
     for n in args.examples:
         root = Path(tempfile.mkdtemp(prefix=f"bench-split-{n}-"))
         try:
@@ -174,6 +175,7 @@ def main() -> None:
                 result = run(kind, config_path, args.rev)
                 if "error" in result:
                     print(f"  {kind:9s} failed: {result['error']}")
+                    failed.append(f"{kind} at {n:,}")
                     continue
                 counts = result["counts"]
                 print(f"  {kind:9s} {n / result['seconds']:8,.0f} examples/s ({result['seconds']:.0f} s), "
@@ -183,6 +185,8 @@ def main() -> None:
                 print(f"  reference not run above {args.reference_max:,} examples (--reference-max)")
         finally:
             shutil.rmtree(root, ignore_errors=True)
+    if failed:
+        sys.exit(f"bench_split: failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
