@@ -209,8 +209,9 @@ class Candidates:
         self.from_record.extend(result.from_record)
         self.refusals.extend(result.refusals)
         self.fingerprints.extend(result.fingerprints)
-        for band, fh in enumerate(self.band_files):
-            fh.write(result.band_keys[:, band].tobytes() if len(result.band_keys) else b"")
+        if len(result.band_keys):
+            for band, fh in enumerate(self.band_files):
+                fh.write(result.band_keys[:, band].tobytes())
 
     def label(self, i: int) -> str:
         return self.label_names[self.label_of[i]]

@@ -109,16 +109,19 @@ class MinHasher:
         return self.band_keys(self.signatures(texts))
 
 
-def band_collisions(columns: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j) of rows sharing at least one band key (each pair may repeat), given the
-    band keys one band at a time (`band_keys.T` of an (n, bands) array, or columns read from
-    disk one by one so that only one is in memory)."""
+def equal_key_runs(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One band's keys in sorted order: the order, and whether each key in it equals the next."""
+    order = np.argsort(column, kind="stable")
+    sorted_keys = column[order]
+    return order, sorted_keys[1:] == sorted_keys[:-1]
+
+
+def band_collisions(band_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) of rows sharing at least one band key (each pair may repeat)."""
     rows: list[np.ndarray] = [np.zeros(0, np.int64)]
     cols: list[np.ndarray] = [np.zeros(0, np.int64)]
-    for column in columns:
-        order = np.argsort(column, kind="stable")
-        sorted_keys = column[order]
-        same = sorted_keys[1:] == sorted_keys[:-1]
+    for band in range(band_keys.shape[1]):
+        order, same = equal_key_runs(band_keys[:, band])
         if same.any():
             rows.append(order[1:][same])
             cols.append(order[:-1][same])
@@ -148,10 +151,8 @@ def clusters(n: int, columns: Iterable[np.ndarray]) -> np.ndarray:
     are dropped before they are stored."""
     labels = None
     for column in columns:
-        order = np.argsort(column, kind="stable")
-        sorted_keys = column[order]
-        same = sorted_keys[1:] == sorted_keys[:-1]
-        del sorted_keys, column
+        order, same = equal_key_runs(column)
+        del column
         if labels is None:  # every row is its own cluster so far: the runs are the clusters
             runs = np.zeros(n, dtype=np.int64)
             np.cumsum(~same, out=runs[1:])

@@ -215,7 +215,7 @@ def same_value_edges(values: np.ndarray, skip_zero: bool = True) -> tuple[np.nda
 def group_labels(keys: Keys) -> np.ndarray:
     """One integer per item; items sharing a cluster, a session or a near-duplicate question
     (one MinHash band) share it."""
-    rows, cols = band_collisions(keys.band_keys.T)
+    rows, cols = band_collisions(keys.band_keys)
     all_rows, all_cols = [rows], [cols]
     for values in (keys.clusters, keys.sessions):
         r, c = same_value_edges(values)
@@ -230,7 +230,7 @@ def near_regression_mask(examples: Keys, regression: Keys) -> np.ndarray:
     if len(regression) == 0:
         return np.zeros(len(examples), dtype=bool)
     combined = np.concatenate([regression.band_keys, examples.band_keys])
-    groups = components(len(combined), *band_collisions(combined.T))
+    groups = components(len(combined), *band_collisions(combined))
     near = np.isin(groups[len(regression):], groups[: len(regression)]) | np.isin(examples.ids, regression.ids)
     # New turns of a session already in the regression set stay out too.
     for mine, theirs in ((examples.clusters, regression.clusters), (examples.sessions, regression.sessions)):
@@ -241,7 +241,7 @@ def near_regression_mask(examples: Keys, regression: Keys) -> np.ndarray:
 def leak_candidates(keys: Keys, set_codes: np.ndarray) -> np.ndarray:
     """(k, 2) sorted unique pairs (i < j) in different sets that share a band, an exact
     fingerprint (with its first holder) or an id (with its first holder)."""
-    edges = [band_collisions(keys.band_keys.T), same_value_edges(keys.fingerprints, skip_zero=False),
+    edges = [band_collisions(keys.band_keys), same_value_edges(keys.fingerprints, skip_zero=False),
              same_value_edges(keys.ids, skip_zero=False)]
     rows = np.concatenate([e[0] for e in edges])
     cols = np.concatenate([e[1] for e in edges])

@@ -97,10 +97,9 @@ def generate(root: Path, n: int, seed: int = 0, pair_share: float = 0.25) -> Pat
     return root / "config.yaml"
 
 
-# Modules of `rev` the reference imports whose interface has changed since (minhash's
-# band_collisions now takes band columns; split_preferences lost read_pairs): the reference
-# imports them as of `rev` too, so it runs the old code, not a mix.
-REFERENCE_MODULES = ("minhash", "split_preferences", "split")
+# Modules of `rev` the reference imports whose interface has changed since (split_preferences
+# lost read_pairs): the reference imports them as of `rev` too, so it runs the old code.
+REFERENCE_MODULES = ("split_preferences", "split")
 
 
 def reference_module(root: Path, rev: str):
