@@ -22,6 +22,7 @@ Read top to bottom, the recipe (`train`) is:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -233,7 +234,10 @@ def train(config: PipelineConfig, *, force: bool = False, restart: bool = False,
         from pipelines.train_dpo import build_dpo_trainer
 
         prepared = build_dpo_trainer(config, split_path, work, callbacks=hooks)
-    measure_base_model(prepared.trainer, work, mlflow_run)
+    if config.train.method == "sft":
+        measure_base_model(prepared.trainer, work, mlflow_run)
+    else:
+        log_dpo_starting_point(prepared.trainer, work, mlflow_run)
     fit = run_training(prepared.trainer, work.path)
     if not work.is_main:  # under `accelerate launch` the main process writes the run
         return TrainResult(stage.ident, stage.final, {}, skipped=False, trainer=prepared.trainer)
@@ -306,6 +310,24 @@ def measure_base_model(trainer: Any, work: WorkFolder, mlflow_run: str | None) -
         import mlflow
 
         mlflow.log_metric("base_eval_loss", work.state["base_eval_loss"], step=0, run_id=mlflow_run)
+
+
+def log_dpo_starting_point(trainer: Any, work: WorkFolder, mlflow_run: str | None) -> None:
+    """DPO's starting point, known without a validation pass: the policy starts as its
+    reference (a fresh adapter, or the SFT adapter and its copy), so every pair's log-ratio is
+    0, the rewards and their margin are 0 (accuracy counts chosen > rejected: 0), and the
+    sigmoid loss is log 2. The first training step's loss shows it, measured. The pass this
+    replaces took 38 s of the sample's train stage on a 2-core CPU."""
+    if "base_eval_loss" in work.state:
+        return
+    work.state["base_eval_loss"] = math.log(2)
+    work.save()
+    trainer.log({"eval_loss": math.log(2), **{f"eval_rewards/{key}": 0.0 for key in
+                                               ("chosen", "rejected", "margins", "accuracies")}})
+    if mlflow_run:
+        import mlflow
+
+        mlflow.log_metric("base_eval_loss", math.log(2), step=0, run_id=mlflow_run)
 
 
 @dataclass

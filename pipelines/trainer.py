@@ -7,10 +7,13 @@ only when a run builds its trainer, so the CLI and the OpenAI backend start with
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import importlib.util
 import math
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,7 +184,8 @@ def early_stopping(cfg: TrainConfig) -> list[Any]:
 
 class RefitSFTTrainer(SFTTrainer):
     """SFTTrainer that measures its batches (tokens/s, padding share), validates in the
-    training precision, and computes the loss on the assistant's tokens only."""
+    training precision, computes the loss on the assistant's tokens only, and scores a
+    validation batch it has seen from its frozen layers' kept states (FrozenLayersReuse)."""
 
     def __init__(self, *args: Any, precision: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -189,6 +193,10 @@ class RefitSFTTrainer(SFTTrainer):
         self.remove_callback(PrinterCallback)
         self.meter = TokenMeter()
         self.eval_autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        unwrapped = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        # FSDP and DeepSpeed shard and re-wrap the layers; the reuse calls them directly.
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        self.frozen = None if sharded else FrozenLayersReuse.attach(unwrapped)
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: Any = None) -> Any:
@@ -225,7 +233,11 @@ class RefitSFTTrainer(SFTTrainer):
         else:
             low, high = int(labelled.min()), int(labelled.max()) + 1
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        outputs = model(**model_inputs, use_cache=False, logits_to_keep=torch.arange(low, high, device=labels.device))
+        keep = torch.arange(low, high, device=labels.device)
+        if self.frozen is not None and not model.training and not torch.is_grad_enabled():
+            outputs = self.frozen.validation_pass(model, model_inputs, use_cache=False, logits_to_keep=keep)
+        else:
+            outputs = model(**model_inputs, use_cache=False, logits_to_keep=keep)
         logits = outputs.logits.float()
         band = targets[:, low:high]
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), band.reshape(-1),
@@ -256,13 +268,16 @@ def project_labelled_positions_only(model: Any) -> bool:
             "final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")):
         return False
     trl_forward = model.forward
+    frozen = FrozenLayersReuse.attach(model)
 
     def forward(self: Any, *args: Any, fused_lm_head: bool = False, labels: Any = None, shift_labels: Any = None,
                 num_items_in_batch: Any = None, **kwargs: Any) -> Any:
         if not fused_lm_head:
             return trl_forward(*args, labels=labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch,
                                **kwargs)
-        hidden = self.base_model(*args, **{**kwargs, "use_cache": False}).last_hidden_state
+        kwargs["use_cache"] = False
+        hidden = (frozen.run(self.base_model, kwargs) if frozen and not args
+                  else self.base_model(*args, **kwargs).last_hidden_state)
         if shift_labels is None:
             hidden, labels = hidden[:, :-1], labels[:, 1:]
         else:
@@ -283,6 +298,100 @@ def project_labelled_positions_only(model: Any) -> bool:
     # trl's signature kept: `generate` validates its keyword arguments against it.
     model.forward = types.MethodType(functools.wraps(type(model).forward)(forward), model)
     return True
+
+
+class FrozenLayersReuse:
+    """Passes that start at the first adapted layer, from states an earlier pass computed.
+
+    The layers below the first adapted one carry no adapter and never change, so on the same
+    batch every pass computes the same hidden states there, bit for bit (same weights, no
+    dropout). With the default 12 adapted layers of SmolLM2's 30, two passes recomputed 18
+    layers each time:
+    - DPO: trl runs the policy and then the reference (the SFT adapter's copy, or no adapter)
+      on the same batch; the reference was a fifth of a training step and nearly a third of a
+      validation one. `run` keeps the policy pass's input to the first adapted layer, and a
+      gradient-free pass over the very same tensors right after it starts from there.
+    - SFT: every validation pass (the base model's, then one every eval_steps) scores the same
+      batches; `validation_pass` keeps each batch's states by content, within a memory budget."""
+
+    BUDGET_BYTES = 512 * 2**20  # validation states kept at most (the sample's: 60 MB)
+
+    def __init__(self, decoder: Any, first: int):
+        self.decoder, self.first = decoder, first
+        self.top = torch.nn.ModuleList(list(decoder.layers)[first:])
+        self.watching: Any = None  # what the next input to the first adapted layer is kept under
+        self.kept: tuple[Any, torch.Tensor] | None = None
+        self.stored: dict[bytes, torch.Tensor] = {}
+        self.stored_bytes, self.reused = 0, 0
+        decoder.layers[first].register_forward_pre_hook(self._keep)
+
+    @classmethod
+    def attach(cls, model: Any) -> FrozenLayersReuse | None:
+        """The reuse for `model` (a causal LM with LoRA layers), or None where it does not
+        apply: every layer adapted, a decoder without a `layers` list, or dropout below."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        decoder = getattr(model, "base_model", None)
+        layers = getattr(decoder, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList):
+            return None
+        adapted = [i for i, layer in enumerate(layers) if any(isinstance(m, BaseTunerLayer) for m in layer.modules())]
+        first = min(adapted, default=0)
+        lower = [m for layer in layers[:first] for m in layer.modules()]
+        if first == 0 or getattr(model.config.get_text_config(), "attention_dropout", 0.0) or any(
+                isinstance(m, torch.nn.Dropout) and m.p > 0 for m in lower):
+            return None
+        return cls(decoder, first)
+
+    def _keep(self, module: Any, args: tuple[Any, ...]) -> None:
+        if self.watching is not None and args:
+            self.kept, self.watching = (self.watching, args[0].detach()), None
+
+    @contextlib.contextmanager
+    def _from_first_adapted(self) -> Iterator[None]:
+        layers, self.decoder.layers = self.decoder.layers, self.top
+        self.reused += 1
+        try:
+            yield
+        finally:
+            self.decoder.layers = layers
+
+    def run(self, decoder: Any, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The decoder's last hidden states for a forward's keyword arguments (DPO's passes)."""
+        batch = tuple((kwargs.get(k), getattr(kwargs.get(k), "_version", None))
+                      for k in ("input_ids", "attention_mask", "position_ids"))
+        kept, self.kept = self.kept, None
+        if kept is not None and not torch.is_grad_enabled() and kwargs.get("input_ids") is not None and all(
+                a is b and va == vb for (a, va), (b, vb) in zip(kept[0], batch)):
+            with self._from_first_adapted():
+                return decoder(**{**kwargs, "input_ids": None, "inputs_embeds": kept[1]}).last_hidden_state
+        self.watching = batch
+        try:
+            return decoder(**kwargs).last_hidden_state
+        finally:
+            self.watching = None
+
+    def validation_pass(self, model: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
+        """`model(**inputs, **kwargs)` for a validation batch, from its kept states when an
+        earlier pass scored the same batch (the caller has gradients off)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for name in sorted(inputs):
+            digest.update(name.encode() + inputs[name].cpu().numpy().tobytes() + str(inputs[name].shape).encode())
+        key = digest.digest()
+        hidden = self.stored.get(key)
+        if hidden is not None:
+            with self._from_first_adapted():
+                return model(**{k: v for k, v in inputs.items() if k != "input_ids"}, inputs_embeds=hidden, **kwargs)
+        self.watching, self.kept = key, None
+        try:
+            outputs = model(**inputs, **kwargs)
+        finally:
+            self.watching = None
+        kept, self.kept = self.kept, None
+        if kept is not None and self.stored_bytes + kept[1].nbytes <= self.BUDGET_BYTES:
+            self.stored[key] = kept[1]
+            self.stored_bytes += kept[1].nbytes
+        return outputs
 
 
 class RefitDPOTrainer(DPOTrainer):

@@ -20,6 +20,11 @@ def pairs_ready(workspace, tiny_model_dir):
     return workspace, tiny_model_dir
 
 
+def _first_step_loss(run):
+    history = json.loads((run / "log_history.json").read_text())
+    return next(h["loss"] for h in history if "loss" in h and h["step"] == 1)
+
+
 def _curate_split(ws, cfg):
     for stage in ("curate", "split"):
         result = ws.run(stage, "--config", str(cfg))
@@ -36,8 +41,10 @@ def test_dpo_trains_the_adapter_against_the_base_model_through_the_cli(pairs_rea
     run = next((ws.root / "artifacts" / "runs").glob("run-*"))
     m = json.loads((run / "manifest.json").read_text())
     assert m["method"] == "dpo" and m["dpo"]["beta"] == 0.1 and m["dpo"]["sft_phase"] is None
-    # Before the first step the policy is the reference: the DPO loss is exactly log 2.
-    assert m["losses"]["base_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    # Before the first step the policy is the reference: the DPO loss is exactly log 2, so the
+    # starting point is recorded without a pass, and the first step's measured loss shows it.
+    assert m["losses"]["base_eval_loss"] == math.log(2)
+    assert _first_step_loss(run) == pytest.approx(math.log(2), abs=1e-6)
     assert m["losses"]["final_eval_loss"] < m["losses"]["base_eval_loss"]
     assert m["dpo"]["rewards"]["margins"] > 0 and 0 <= m["dpo"]["rewards"]["accuracies"] <= 1
     assert "method dpo (beta 0.1): validation reward margin" in result.output
@@ -67,7 +74,8 @@ def test_sft_then_dpo_starts_dpo_from_the_sft_adapter(pairs_ready):
     assert m["method"] == "sft+dpo" and phase["steps"] == 3
     assert phase["final_eval_loss"] < phase["base_eval_loss"]  # the SFT phase learned
     # DPO's reference is the SFT adapter: at its first step the loss is log 2 again.
-    assert m["losses"]["base_eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert m["losses"]["base_eval_loss"] == math.log(2)
+    assert _first_step_loss(run) == pytest.approx(math.log(2), abs=1e-6)
     assert m["steps"]["done"] == 2
     # Off a terminal each phase's starting point is named, never with the other phase's steps.
     assert re.search(r"^  base model: validation loss ", result.output, re.M), result.output
@@ -161,3 +169,79 @@ def test_the_compact_lm_head_matches_trls_head_and_its_gradients(tiny_model_dir)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
     plain = models[1](input_ids=ids).logits  # without fused_lm_head: the model's own forward
     assert plain.shape == (3, 12, models[0].config.vocab_size)
+
+
+def test_the_reference_pass_reuses_the_policys_states_below_the_adapted_layers(tiny_model_dir):
+    """DPO's reference pass on the batch the policy just ran starts at the first adapted layer
+    (pipelines/trainer.py FrozenLayersReuse): its log-probabilities equal a full reference pass
+    bit for bit, and the layers below run once for both passes."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head, use_adapter
+
+    from pipelines.trainer import project_labelled_positions_only
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], layers_to_transform=[1],
+                      init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora)
+    model.add_adapter("ref", lora)  # a differently initialised reference, as trl's copy is after training
+    model.set_adapter("default")
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"))
+    assert project_labelled_positions_only(base) is True
+    lower_runs = []
+    base.model.layers[0].register_forward_hook(lambda *a: lower_runs.append(1))
+    ids = torch.randint(3, base.config.vocab_size, (4, 14))
+    mask = torch.ones_like(ids)
+    mask[3, 11:] = 0  # padding
+    labels = ids.masked_fill(torch.arange(14) < 9, -100)
+    model.train()
+
+    def reference(input_ids, attention_mask):
+        with torch.no_grad(), use_adapter(model, "ref"):
+            return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+
+    policy = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    reused = reference(ids, mask)
+    assert len(lower_runs) == 1  # the reference pass did not run layer 0 again
+    full = reference(ids.clone(), mask.clone())  # other tensors: nothing to reuse
+    assert len(lower_runs) == 2
+    assert torch.equal(reused.log_probs, full.log_probs) and torch.equal(reused.entropy, full.entropy)
+    assert not torch.equal(reused.log_probs, policy.log_probs)  # the reference adapter did run on top
+    policy.loss.backward()  # the policy's graph is intact
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and ".default." in n)
+
+
+def test_reusing_the_frozen_layers_trains_the_same_adapter(pairs_ready, monkeypatch):
+    """sft+dpo with only the top layer adapted, through the CLI, with DPO's reference pass and
+    SFT's repeated validation batches starting at the adapted layer (the default) and without:
+    the same adapter, byte for byte, and the same losses."""
+    from pipelines.trainer import FrozenLayersReuse
+
+    ws, model_dir = pairs_ready
+    cfg = train_config(ws, model_dir, method="sft+dpo", max_steps=2, eval_steps=2, lora={"r": 4, "alpha": 8,
+                                                                                       "top_layers": 1},
+                       dpo={"max_steps": 3, "batch_size": 4, "learning_rate": 5e-3, "pairs": ["logged"]})
+    _curate_split(ws, cfg)
+    attach, reuses = FrozenLayersReuse.attach, []
+
+    def counted(model):
+        found = attach(model)
+        reuses.append(found)
+        return found
+
+    outcomes = []
+    for reuse in (counted, lambda model: None):
+        monkeypatch.setattr(FrozenLayersReuse, "attach", staticmethod(reuse))
+        result = ws.run("train", "--config", str(cfg), "--force")
+        assert result.exit_code == 0, result.output
+        run = max((ws.root / "artifacts" / "runs").glob("run-*"), key=lambda p: p.stat().st_mtime)
+        m = json.loads((run / "manifest.json").read_text())
+        outcomes.append(((run / "adapter" / "adapter_model.safetensors").read_bytes(), m["losses"], m["dpo"]["rewards"]))
+    sft_phase, dpo_phase = reuses
+    assert sft_phase.first == dpo_phase.first == 1
+    assert sft_phase.reused == len(sft_phase.stored) > 0  # the second validation pass, batch by batch
+    assert dpo_phase.reused >= 3  # every training step's reference pass, and validation's
+    assert outcomes[0] == outcomes[1]
