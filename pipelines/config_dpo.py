@@ -28,4 +28,5 @@ class DpoSettings(BaseModel):
     learning_rate: float = Field(1e-4, gt=0, description="LoRA backend: peak learning rate of the DPO phase")
     epochs: float = Field(1.0, gt=0, description="LoRA backend: passes over the training pairs")
     max_steps: int | None = Field(None, ge=1, description="LoRA backend: overrides dpo.epochs when set")
-    batch_size: int = Field(4, ge=1, description="LoRA backend: pairs per optimizer step (each pair is two rows)")
+    batch_size: int = Field(2, ge=1, description=(
+        "LoRA backend: pairs per micro-batch (each pair is two rows; train.gradient_accumulation of them per step)"))
